@@ -1,0 +1,32 @@
+# `make demo` and `make test` work on a fresh machine with only Python >= 3.11: each creates the
+# virtual environment it needs (.venv), installs the package with the pinned set in
+# constraints.txt, then runs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_WORKERS ?= 2
+
+.PHONY: demo test install install-test clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+demo: $(VENV)/.installed
+	$(PY) -m jaxdistill.demo
+
+# pytest's own exit code is the result: 5 (no tests collected) fails the build like any failure.
+test: $(VENV)/.installed-test
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -q
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,30 @@
+"""The `jaxdistill` command. Subcommands grow with the project; each is a module with `main()`."""
+
+from __future__ import annotations
+
+import sys
+
+SUBCOMMANDS = {
+    "demo": ("jaxdistill.demo", "the main job on the embedded default (what `make demo` runs)"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+        lines = [f"  {name:<8} {desc}" for name, (_, desc) in SUBCOMMANDS.items()]
+        print("usage: jaxdistill <command> [args]\n\ncommands:\n" + "\n".join(lines))
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nerror: unknown command {argv[0]!r}; expected one of {sorted(SUBCOMMANDS)}", file=sys.stderr)
+            return 2
+        return 0
+    import importlib
+
+    module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
+    sys.argv = [f"jaxdistill {argv[0]}"] + argv[1:]
+    module.main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
