@@ -8,7 +8,8 @@ mean (the ideal denoiser, Tweedie's formula x + σ²·∇log p_σ(x)) is, in clo
     r_k ∝ w_k · N(x; μ_k, diag(v_k + σ²)).
 
 Optional class conditioning: each component carries an integer label; conditioning on label c
-restricts the sum to the components of class c, with their weights renormalised. Guidance can
+restricts the sum to the components of class c, with their weights renormalised; the label
+`NULL_LABEL` (−1) is the unconditional mixture, per sample, like an empty prompt. Guidance can
 then be tested against the exact conditional and unconditional denoisers.
 """
 
@@ -24,6 +25,9 @@ from flax import struct
 
 from jaxdistill.diffusion.adapters import expand_sigma
 from jaxdistill.diffusion.schedules import check_positive
+
+
+NULL_LABEL = -1
 
 
 @struct.dataclass
@@ -59,12 +63,14 @@ class GaussianMixture:
             )
 
     def _class_log_weights(self, label: Optional[jax.Array], batch: int) -> jax.Array:
-        """[B, K] log weights, renormalised within the class when `label` ([B] ints) is given."""
+        """[B, K] log weights, renormalised within the class when `label` ([B] ints) is given.
+        A negative label (`NULL_LABEL`) means "unconditional" for that sample (CFG's null prompt)."""
         lw = jnp.broadcast_to(self.log_weights, (batch, self.num_components))
         if label is None:
             return lw
         label = jnp.broadcast_to(jnp.asarray(label, jnp.int32), (batch,))
-        lw = jnp.where(label[:, None] == self.labels[None, :], lw, -jnp.inf)
+        match = (label[:, None] == self.labels[None, :]) | (label[:, None] < 0)
+        lw = jnp.where(match, lw, -jnp.inf)
         return lw - jax.nn.logsumexp(lw, axis=1, keepdims=True)
 
     def _component_terms(self, x: jax.Array, sigma):
@@ -224,3 +230,21 @@ def image_mixture(
     weights = rng.uniform(0.5, 2.0, num_components)
     labels = np.arange(num_components) % num_classes if num_classes > 1 else None
     return gaussian_mixture(means, weights, variances, labels)
+
+
+def mixture_problem(gm: GaussianMixture):
+    """The distillation `Problem` of an analytic mixture: the teacher params are the mixture
+    itself; conditions are labels drawn from the class marginal (null label = −1); real data
+    are exact mixture samples of those labels."""
+    from jaxdistill.train.step import Problem
+
+    def sample_conditions(key, n):
+        cond = gm.sample_labels(key, n) if gm.num_classes > 1 else jnp.zeros((n,), jnp.int32)
+        return cond, jnp.full((n,), NULL_LABEL, jnp.int32)
+
+    return Problem(
+        event_shape=gm.event_shape,
+        teacher_apply=lambda teacher, x, sigma, cond: teacher.denoise(x, sigma, cond),
+        sample_conditions=sample_conditions,
+        sample_real=lambda key, cond: gm.sample(key, cond.shape[0], label=cond),
+    )

@@ -1,0 +1,1 @@
+"""Evaluation: metrics of generated samples (analytic mixtures now; images later)."""
