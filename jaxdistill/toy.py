@@ -31,7 +31,9 @@ TOY_SETTINGS = {
     "sim": dict(_COMMON, n_critic=3),
     "diff_instruct": dict(_COMMON, n_critic=3),
     "dmd2": dict(_COMMON),
-    "fdistill": dict(_COMMON, disc_weight=1.0, gen_adv_weight=0.05),
+    # σ_init 2.5 (SiD's) instead of DMD2's 80: the residual generator then starts from the
+    # teacher's one-step denoiser rather than from the mixture mean.
+    "fdistill": dict(_COMMON, n_critic=2, disc_weight=1.0, gen_adv_weight=1e-3, sigma_ladder=(2.5,)),
     "sid_fewstep": dict(_COMMON, n_critic=3, gen_noise=("sid_karras", {"t_max": 800.0}),
                         critic_noise=("edm_lognormal", {}), dsm_weighting="edm"),
 }
