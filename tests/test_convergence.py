@@ -8,6 +8,7 @@ independent exact samples of 1,000, averaged over 3 pairs). Each case trains und
 2-core CI machine.
 """
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -17,7 +18,10 @@ from jaxdistill.toy import distill_mixture, toy_spec
 
 TARGET = ring_mixture(num_modes=4, radius=2.0, std=0.5)
 N_EVAL = 1000
-STEPS = {"sid": 3000, "sim": 3000, "diff_instruct": 3000, "dmd2": 2500, "fdistill": 3500}
+# (iterations, MLP width): the SiD family converges as well at width 64 (half the CPU time);
+# the DMD family needs 128 within the budget (at 64: DMD2 2.36×, f-distill 2.47× the floor).
+CASES = {"sid": (3000, 64), "sim": (3000, 64), "diff_instruct": (3000, 64), "dmd2": (2500, 128),
+         "fdistill": (3500, 128)}
 
 
 def _check(x, gm=TARGET, label=None, weight_tol=0.2, floor_factor=2.0):
@@ -30,20 +34,27 @@ def _check(x, gm=TARGET, label=None, weight_tol=0.2, floor_factor=2.0):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", list(STEPS))
+@pytest.mark.parametrize("method", list(CASES))
 def test_one_step_methods_reach_the_mixture(method):
-    run = distill_mixture(TARGET, toy_spec(method), steps=STEPS[method])
+    steps, hidden = CASES[method]
+    run = distill_mixture(TARGET, toy_spec(method), steps=steps, hidden=hidden)
     _check(run.sample(N_EVAL))
 
 
 @pytest.mark.slow
 def test_few_step_sid_matches_at_every_step_count():
-    """K = 4 on the ladder σ = (2.5, 1, 0.5, 0.25). Within the 60 s budget the 2-, 3- and 4-step
-    outputs reach the 2× floor (measured 1.80, 1.53, 1.85); the 1-step output, which gets a
-    quarter of the updates, does not yet (measured 3.63× the floor, weight error 0.215), so it is
-    held to a looser line until the few-step recipe is tuned (a known gap, see the issue)."""
+    """K = 4 on the ladder σ = (2.5, 1, 0.5, 0.25), k ~ U{1..4} per iteration.
+
+    What the method provably targets — the uniform mixture of the 1..4-step outputs (the critic
+    is not told k) — and the 2-, 3- and 4-step outputs each reach the 2× floor (measured 1.80,
+    1.53, 1.85). The 1-step output, trained on a quarter of the iterations, does not within the
+    60 s budget (measured 3.63× the floor, weight error 0.215; still 2.94× after 6,000
+    iterations at width 64), so it is held to a looser line: a known gap, noted in the issue."""
     spec = toy_spec("sid_fewstep", sigma_ladder=(2.5, 1.0, 0.5, 0.25))
     run = distill_mixture(TARGET, spec, steps=3000)
-    _check(run.sample(N_EVAL, num_steps=1, seed=11), weight_tol=0.25, floor_factor=5.0)
+    outputs = {n: run.sample(N_EVAL, num_steps=n, seed=10 + n) for n in (1, 2, 3, 4)}
+    mixture = jnp.concatenate([outputs[n][: N_EVAL // 4] for n in (1, 2, 3, 4)])
+    _check(mixture)
+    _check(outputs[1], weight_tol=0.25, floor_factor=5.0)
     for n in (2, 3, 4):
-        _check(run.sample(N_EVAL, num_steps=n, seed=10 + n))
+        _check(outputs[n])

@@ -36,7 +36,7 @@ def _exact_cfg_left_fraction(kappa):
 
 def _distill(preset, kappa=1.0, steps=2000):
     spec = toy_spec("sid", guidance=guidance_preset(preset, kappa))
-    return distill_mixture(GM, spec, steps=steps)
+    return distill_mixture(GM, spec, steps=steps, hidden=64)
 
 
 def test_exact_cfg_moves_class0_to_its_distinctive_mode():

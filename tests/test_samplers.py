@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from jaxdistill.diffusion import (
-    VPSchedule,
     ddim,
     edm_heun,
     euler,

@@ -1,6 +1,6 @@
 """The σ-space diffusion core: schedules, adapters to σ-space denoisers, teacher samplers."""
 
-from jaxdistill.diffusion.adapters import PREDICTIONS, Denoiser, epsilon_from_x0, expand_sigma, make_denoiser
+from jaxdistill.diffusion.adapters import PREDICTIONS, Denoiser, expand_sigma, make_denoiser
 from jaxdistill.diffusion.samplers import SAMPLERS, ddim, edm_heun, euler, get_sampler
 from jaxdistill.diffusion.schedules import (
     BETA_SCHEDULES,
@@ -22,7 +22,6 @@ __all__ = [
     "VPSchedule",
     "ddim",
     "edm_heun",
-    "epsilon_from_x0",
     "euler",
     "expand_sigma",
     "flow_shift",

@@ -100,7 +100,3 @@ def make_denoiser(
 
     return denoise
 
-
-def epsilon_from_x0(x: jax.Array, sigma: jax.Array, x0: jax.Array) -> jax.Array:
-    """ε̂ = (x − x̂_0)/σ: the noise prediction a σ-space denoiser implies."""
-    return (x - x0) / expand_sigma(sigma, x)
