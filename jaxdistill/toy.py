@@ -59,19 +59,17 @@ def toy_spec(method: str, **overrides) -> MethodSpec:
     return get_method(method, **settings)
 
 
-def distill_mixture(
+def toy_distiller(
     gm: GaussianMixture,
     spec: MethodSpec,
     *,
-    steps: int,
     batch_size: int = 256,
     hidden: int = 128,
     depth: int = 3,
     seed: int = 0,
     mesh=None,
-    log_every: int = 0,
-) -> ToyRun:
-    """Build MLP generator/critic (/head) residuals on the mixture teacher and train `steps` iterations."""
+) -> Distiller:
+    """MLP generator/critic (/head) residuals on the mixture teacher, wrapped in a `Distiller`."""
     classes = gm.num_classes if gm.num_classes > 1 else 0
     with nnx.use_eager_sharding(False):
         gen = MLPDenoiser(gm.event_shape, hidden=hidden, depth=depth, num_classes=classes, residual=True,
@@ -79,8 +77,13 @@ def distill_mixture(
         critic = MLPDenoiser(gm.event_shape, hidden=hidden, depth=depth, num_classes=classes, residual=True,
                              rngs=nnx.Rngs(seed + 1))
         head = DiscriminatorHead(hidden, hidden, rngs=nnx.Rngs(seed + 2)) if spec.discriminator else None
-    d = Distiller(spec, mixture_problem(gm), gen, critic, head, batch_size=batch_size, mesh=mesh, seed=seed,
-                  on_teacher=True)
+    return Distiller(spec, mixture_problem(gm), gen, critic, head, batch_size=batch_size, mesh=mesh, seed=seed,
+                     on_teacher=True)
+
+
+def distill_mixture(gm: GaussianMixture, spec: MethodSpec, *, steps: int, log_every: int = 0, **kwargs) -> ToyRun:
+    """Build a `toy_distiller` (keyword arguments as there) and train it `steps` iterations."""
+    d = toy_distiller(gm, spec, **kwargs)
     d.compile(gm)
     start = time.perf_counter()
     history = d.run(gm, steps, log_every=log_every)

@@ -13,6 +13,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxdistill.generator import generate
 from jaxdistill.methods import MethodSpec
 from jaxdistill.train import sharding as shd
+from jaxdistill.train.checkpoint import Checkpointer, abstract_like
 from jaxdistill.train.state import TrainState, init_state, make_optimizer
 from jaxdistill.train.step import Problem, make_train_step, split_networks
 
@@ -75,6 +76,20 @@ class Distiller:
         self._samplers = {}
         self._compiled = None
         self.compile_seconds = None
+
+    def abstract_state(self) -> TrainState:
+        """The state's shapes and dtypes on this run's shardings (the restore target)."""
+        return abstract_like(self.state, self.state_sharding)
+
+    def save(self, checkpointer: Checkpointer, config: dict | None = None, *, force: bool = False) -> bool:
+        """Start an asynchronous save of the state at its current step."""
+        return checkpointer.save(int(self.state.step), self.state, config, force=force)
+
+    def restore(self, checkpointer: Checkpointer, step: int | None = None) -> dict:
+        """Replace the state by a checkpoint's (latest by default), placed on this run's mesh;
+        returns the checkpoint's config."""
+        self.state, config = checkpointer.restore(self.abstract_state(), step)
+        return config
 
     def teacher_sharding(self, teacher_params: Any) -> Any:
         """Teacher parameters are replicated (frozen, never in an optimizer or a checkpoint)."""
