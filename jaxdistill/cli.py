@@ -6,6 +6,7 @@ import sys
 
 SUBCOMMANDS = {
     "demo": ("jaxdistill.demo", "the main job on the embedded default (what `make demo` runs)"),
+    "train": ("jaxdistill.train_cli", "train or resume a run: --config configs/<recipe>.py --workdir runs/x"),
 }
 
 

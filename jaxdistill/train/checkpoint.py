@@ -59,6 +59,12 @@ class Checkpointer:
             ) from e
         return restored.state, dict(restored.config)
 
+    def restore_config(self, step: int | None = None) -> dict:
+        """Only the config JSON of `step` (default: the latest)."""
+        step = self.latest_step() if step is None else step
+        restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        return dict(restored.config)
+
     def wait(self) -> None:
         """Block until pending asynchronous saves are on disk."""
         self.manager.wait_until_finished()
