@@ -1,4 +1,5 @@
-"""Checkpoints: exact resume, restore onto another mesh, incomplete saves skipped, bad targets."""
+"""Checkpoints: restore onto another mesh, incomplete saves skipped, bad targets (exact resume after
+a SIGKILL is tested end to end in test_train_cli.py)."""
 
 import os
 
@@ -27,22 +28,6 @@ def _params(d):
 
 def _assert_identical(a, b):
     jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
-
-
-def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path):
-    straight = toy_distiller(GM, SPEC, **KW)
-    straight.run(GM, 6)
-
-    first = toy_distiller(GM, SPEC, **KW)
-    first.run(GM, 3)
-    with Checkpointer(str(tmp_path / "run")) as ckpt:
-        first.save(ckpt, {"method": SPEC.name})
-    resumed = toy_distiller(GM, SPEC, **KW)
-    with Checkpointer(str(tmp_path / "run")) as ckpt:
-        config = resumed.restore(ckpt)
-    assert config == {"method": SPEC.name} and int(resumed.state.step) == 3
-    resumed.run(GM, 3)
-    _assert_identical(_params(resumed), _params(straight))
 
 
 @pytest.mark.parametrize("target_shape", [(1, 1, 1), (8, 1, 1)])

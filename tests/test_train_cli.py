@@ -15,6 +15,7 @@ from jaxdistill.recipes import build_spec, mixture_config
 from jaxdistill.teachers import ring_mixture
 from jaxdistill.toy import toy_distiller
 from jaxdistill.train import Checkpointer
+from jaxdistill.train.program import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "mixture_dmd2.py") + ":tiny"
@@ -32,6 +33,12 @@ def _run(workdir, *overrides):
 def _steps(workdir):
     path = os.path.join(workdir, "checkpoints")
     return sorted(int(p) for p in os.listdir(path) if p.isdigit()) if os.path.isdir(path) else []
+
+
+def _tiny(**train_overrides):
+    config = mixture_config("dmd2", "tiny")
+    config.train.update(train_overrides)
+    return config
 
 
 def _final_state(workdir, steps):
@@ -57,12 +64,13 @@ def test_tiny_run_writes_checkpoints_metrics_and_config(tmp_path):
 
 
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
-    steps, overrides = 30, ("--config.train.steps=30", "--config.train.checkpoint_every=1")
+    steps, overrides = 16, ("--config.train.steps=16", "--config.train.checkpoint_every=1")
     straight = tmp_path / "straight"
-    assert _run(straight, *overrides).returncode == 0
+    # The uninterrupted reference runs in-process: the same program the CLI runs.
+    train(_tiny(steps=steps, checkpoint_every=1), str(straight), print_fn=lambda *_: None)
     reference = _final_state(straight, steps)
     rng = np.random.default_rng(0)
-    for kill_after in sorted(rng.choice(np.arange(3, 25), size=2, replace=False)):
+    for kill_after in sorted(rng.choice(np.arange(2, 13), size=2, replace=False)):
         workdir = tmp_path / f"killed_{kill_after}"
         proc = subprocess.Popen(_cmd(workdir, *overrides), env=ENV, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
@@ -105,9 +113,9 @@ def test_bad_config_values_fail_with_a_message(tmp_path, override, needle):
 
 
 def test_incompatible_workdir_is_refused_and_left_untouched(tmp_path):
-    assert _run(tmp_path).returncode == 0
+    train(_tiny(steps=2), str(tmp_path), print_fn=lambda *_: None)
     before = {p: os.path.getmtime(tmp_path / "checkpoints" / p) for p in os.listdir(tmp_path / "checkpoints")}
-    r = _run(tmp_path, "--config.model.hidden=64")
+    r = _run(tmp_path, "--config.train.steps=2", "--config.model.hidden=64")
     assert r.returncode == 2
     assert "different `model` section" in r.stderr and "new --workdir" in r.stderr
     after = {p: os.path.getmtime(tmp_path / "checkpoints" / p) for p in os.listdir(tmp_path / "checkpoints")}
