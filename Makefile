@@ -26,7 +26,7 @@ demo: $(VENV)/.installed
 
 # pytest's own exit code is the result: 5 (no tests collected) fails the build like any failure.
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -n $(PYTEST_WORKERS) -q
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal -q
 
 clean:
 	rm -rf $(VENV)

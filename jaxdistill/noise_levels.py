@@ -2,11 +2,12 @@
 
 | name           | method family           | definition                                                      |
 |----------------|-------------------------|-----------------------------------------------------------------|
-| "sid_karras"   | SiD (EDM teachers)      | u ~ U[0, t_max/1000]; σ = (σ_max^{1/ρ} + (1−u)(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ |
+| "sid_karras"   | SiD (EDM teachers)      | u ~ U[0, t_max/1000]; σ = Karras ramp at 1 − u (below)         |
 | "edm_lognormal"| EDM DSM, Diff-Instruct  | ln σ ~ N(P_mean, P_std²)                                        |
 | "ddpm"         | SiD-LSG, DMD2, VSD (SD) | integer t ~ U{t_min..t_max−1} of a VP table, σ = σ_t            |
 | "logit_normal" | flow teachers (ml-sid-dit) | t = sigmoid(m + s·n), n ~ N(0,1); σ = t/(1−t)                |
 
+SiD's ramp: σ = (σ_max^{1/ρ} + (1−u)(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ, so u = 0 gives σ_min.
 Sources: `mingyuanzhou/SiD` training/sid_loss.py (t_max = 800 → σ ∈ [0.002, ≈24.4]);
 EDM (Karras et al. 2022) P_mean = −1.2, P_std = 1.2; `mingyuanzhou/SiD-LSG` and `tianweiy/DMD2`
 (t ∈ [20, 980)); `apple/ml-sid-dit` (logit-normal, m = ln 2, s = 1.6, median t = 2/3).
