@@ -10,7 +10,6 @@ PYTEST_WORKERS ?= 2
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e .
 	touch $@
 
@@ -25,8 +24,11 @@ demo: $(VENV)/.installed
 	$(PY) -m jaxdistill.demo
 
 # pytest's own exit code is the result: 5 (no tests collected) fails the build like any failure.
+# Two sessions: everything on 8 fake CPU devices, then the long single-device trainings on one
+# (tests/conftest.py says why).
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal -q
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -q -m "not single_device"
+	JAXDISTILL_TEST_CPU_DEVICES=1 $(PY) -m pytest -n $(PYTEST_WORKERS) -q -m single_device
 
 clean:
 	rm -rf $(VENV)

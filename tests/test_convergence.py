@@ -34,6 +34,7 @@ def _check(x, gm=TARGET, label=None, weight_tol=0.2, floor_factor=2.0):
 
 
 @pytest.mark.slow
+@pytest.mark.single_device
 @pytest.mark.parametrize("method", list(CASES))
 def test_one_step_methods_reach_the_mixture(method):
     steps, hidden = CASES[method]
@@ -42,6 +43,7 @@ def test_one_step_methods_reach_the_mixture(method):
 
 
 @pytest.mark.slow
+@pytest.mark.single_device
 def test_few_step_sid_matches_at_every_step_count():
     """K = 4 on the ladder σ = (2.5, 1, 0.5, 0.25), k ~ U{1..4} per iteration.
 

@@ -34,7 +34,7 @@ def _exact_cfg_left_fraction(kappa):
     return _left_fraction(jax.jit(lambda n: edm_heun(den, n, karras_sigmas(35)))(noise))
 
 
-def _distill(preset, kappa=1.0, steps=2000):
+def _distill(preset, kappa=1.0, steps=1500):
     spec = toy_spec("sid", guidance=guidance_preset(preset, kappa))
     return distill_mixture(GM, spec, steps=steps, hidden=64)
 
@@ -45,6 +45,7 @@ def test_exact_cfg_moves_class0_to_its_distinctive_mode():
 
 
 @pytest.mark.slow
+@pytest.mark.single_device
 def test_no_guidance_reproduces_the_conditional_distribution():
     run = _distill("none")
     x0, x1 = run.sample(N, label=0), run.sample(N, label=1, seed=2)
@@ -55,6 +56,7 @@ def test_no_guidance_reproduces_the_conditional_distribution():
 
 
 @pytest.mark.slow
+@pytest.mark.single_device
 @pytest.mark.parametrize("preset, kappa", [("zero_cfg", 1.0), ("anti_cfg", -1.0)])
 def test_zero_and_anti_cfg_move_samples_like_exact_cfg(preset, kappa):
     run = _distill(preset, kappa)
