@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdistill.diffusion.adapters import Denoiser
 
@@ -29,8 +30,6 @@ NOISE_TYPES = ("fresh", "fixed")
 
 def check_ladder(ladder) -> jax.Array:
     """Validate a generator σ ladder (K ≥ 1 positive, strictly decreasing σ's)."""
-    import numpy as np
-
     arr = np.asarray(ladder, np.float64).reshape(-1)
     if arr.size < 1:
         raise ValueError("the generator σ ladder needs K >= 1 steps; got an empty ladder.")

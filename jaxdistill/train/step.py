@@ -24,6 +24,7 @@ from flax import nnx
 
 from jaxdistill import losses
 from jaxdistill.generator import generate_train
+from jaxdistill.losses._common import noised
 from jaxdistill.guidance import drop_conditions, guided
 from jaxdistill.methods import MethodSpec
 from jaxdistill.noise_levels import get_noise_level
@@ -161,9 +162,9 @@ def make_train_step(
         if spec.discriminator:
             # SiDA: real and fake share σ and the noise tensor; the head reads the critic's features.
             x_real = constrain(problem.sample_real(k_r, cond))
-            feats_real = nets.critic_forward(critic_params, teacher_params, _noised(x_real, noise, sigma), sigma,
+            feats_real = nets.critic_forward(critic_params, teacher_params, noised(x_real, noise, sigma), sigma,
                                              cond)[1]
-            feats_fake = nets.critic_forward(critic_params, teacher_params, _noised(sg(x_g), noise, sigma), sigma,
+            feats_fake = nets.critic_forward(critic_params, teacher_params, noised(sg(x_g), noise, sigma), sigma,
                                              cond)[1]
             d = losses.discriminator_loss(nets.logits(critic_params, feats_real),
                                           nets.logits(critic_params, feats_fake))
@@ -194,14 +195,15 @@ def make_train_step(
         fake = guided(lambda x, s, c: nets.critic_apply(critic_params, teacher_params, x, s, c), cond, uncond,
                       g.cfg_fake_eval)
         extra = {}
-        if spec.discriminator:
-            feats = nets.critic_forward(critic_params, teacher_params, _noised(x_g, noise, sigma), sigma, cond)[1]
+        uses_logits = spec.discriminator and (spec.kernel == "fdistill" or spec.gen_adv_weight > 0)
+        if uses_logits:
+            feats = nets.critic_forward(critic_params, teacher_params, noised(x_g, noise, sigma), sigma, cond)[1]
             logits = nets.logits(critic_params, feats)
             if spec.kernel == "fdistill":
                 extra = {"logits": sg(logits)}
         per_sample, aux = kernel(x_g, noise, sigma, real, fake, **extra)
         metrics = {"gen_scale": jnp.mean(aux["scale"]), "delta_abs": jnp.mean(aux["delta_abs"])}
-        if spec.discriminator and spec.gen_adv_weight > 0:
+        if uses_logits and spec.gen_adv_weight > 0:
             adv = losses.generator_adversarial_loss(logits)
             metrics["gen_adv_loss"] = jnp.mean(adv)
             per_sample = per_sample + spec.gen_adv_weight * adv
@@ -245,6 +247,3 @@ def make_train_step(
 
     return step
 
-
-def _noised(x, noise, sigma):
-    return x + sigma.reshape((-1,) + (1,) * (x.ndim - 1)) * noise
