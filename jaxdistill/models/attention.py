@@ -1,0 +1,131 @@
+"""Scaled dot-product attention through one function, and diffusers' `Attention` layer.
+
+`attention(q, k, v, impl=...)` takes [B, L, heads, head_dim] arrays and picks a kernel:
+
+    xla     einsum + softmax, the logits and softmax statistics in float32 (any backend)
+    cudnn   `jax.nn.dot_product_attention(implementation="cudnn")`: fused flash attention on
+            NVIDIA GPUs; needs float16/bfloat16 inputs and head_dim <= 128, a multiple of 8
+    splash  the Pallas splash-attention kernel on TPU; needs sequence lengths that are
+            multiples of 128 and head_dim a multiple of 128
+
+When the chosen kernel's constraints fail (dtype, head_dim, sequence length, backend) the call
+falls back to `xla` and logs why, once per reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+from flax import nnx
+
+IMPLS = ("xla", "cudnn", "splash")
+
+
+@functools.lru_cache(maxsize=None)
+def _log_fallback(impl: str, reason: str) -> None:
+    logging.warning("attention impl=%r unavailable (%s); using 'xla'.", impl, reason)
+
+
+def _xla(q, k, v, causal: bool):
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    if causal:
+        mask = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool))
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v, preferred_element_type=jnp.float32).astype(q.dtype)
+
+
+def _unsupported(impl: str, q, k) -> str | None:
+    backend = jax.default_backend()
+    head_dim = q.shape[-1]
+    if impl == "cudnn":
+        if backend != "gpu":
+            return f"backend is {backend}, not gpu"
+        if q.dtype not in (jnp.float16, jnp.bfloat16):
+            return f"dtype {q.dtype} (needs float16 or bfloat16)"
+        if head_dim > 128 or head_dim % 8:
+            return f"head_dim {head_dim} (needs <= 128 and a multiple of 8)"
+    elif impl == "splash":
+        if backend != "tpu":
+            return f"backend is {backend}, not tpu"
+        if q.shape[1] % 128 or k.shape[1] % 128:
+            return f"sequence lengths {q.shape[1]}, {k.shape[1]} (need multiples of 128)"
+        if head_dim % 128:
+            return f"head_dim {head_dim} (needs a multiple of 128)"
+    return None
+
+
+def _splash(q, k, v, causal: bool):
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
+    heads, lq, lk = q.shape[2], q.shape[1], k.shape[1]
+    base = sm.CausalMask((lq, lk)) if causal else sm.FullMask((lq, lk))
+    kernel = sk.make_splash_mha(mask=sm.MultiHeadMask([base] * heads), head_shards=1, q_seq_shards=1)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    # The kernel works per example on [heads, L, head_dim].
+    out = jax.vmap(kernel)((q * scale).transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3))
+    return out.transpose(0, 2, 1, 3)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, impl: str = "xla", causal: bool = False) -> jax.Array:
+    """softmax(q kᵀ / √d) v over [B, L, heads, head_dim] arrays, with the kernel `impl`."""
+    if impl not in IMPLS:
+        raise ValueError(f"attention impl {impl!r} is unknown; expected one of {IMPLS}.")
+    if impl != "xla":
+        reason = _unsupported(impl, q, k)
+        if reason is not None:
+            _log_fallback(impl, reason)
+            impl = "xla"
+    if impl == "cudnn":
+        return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
+    if impl == "splash":
+        return _splash(q, k, v, causal)
+    return _xla(q, k, v, causal)
+
+
+class Attention(nnx.Module):
+    """diffusers' `Attention` (self- or cross-attention) with its parameter names:
+    `to_q`, `to_k`, `to_v`, `to_out.0`, and `group_norm` for the VAE's spatial attention.
+
+    Called on [B, L, C] tokens, or on [B, H, W, C] feature maps when `norm_num_groups` is set
+    (the VAE mid-block form: group-norm, attention over H·W, residual, rescale).
+    """
+
+    def __init__(self, query_dim: int, *, cross_attention_dim: int | None = None, heads: int = 8,
+                 dim_head: int = 64, bias: bool = False, out_bias: bool = True, norm_num_groups: int | None = None,
+                 eps: float = 1e-5, residual_connection: bool = False, rescale_output_factor: float = 1.0,
+                 impl: str = "xla", dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        inner = heads * dim_head
+        context_dim = cross_attention_dim or query_dim
+        dense = functools.partial(nnx.Linear, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.heads, self.impl = heads, impl
+        self.residual_connection, self.rescale_output_factor = residual_connection, rescale_output_factor
+        self.group_norm = (nnx.GroupNorm(query_dim, num_groups=norm_num_groups, epsilon=eps, dtype=jnp.float32,
+                                         param_dtype=param_dtype, rngs=rngs) if norm_num_groups else None)
+        self.to_q = dense(query_dim, inner, use_bias=bias)
+        self.to_k = dense(context_dim, inner, use_bias=bias)
+        self.to_v = dense(context_dim, inner, use_bias=bias)
+        self.to_out = nnx.List([dense(inner, query_dim, use_bias=out_bias)])
+
+    def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
+        residual, spatial = x, x.ndim == 4
+        if self.group_norm is not None:
+            x = self.group_norm(x.astype(jnp.float32)).astype(x.dtype)
+        if spatial:
+            b, h, w, c = x.shape
+            x = x.reshape(b, h * w, c)
+        context = x if context is None else context
+        split = lambda t: t.reshape(t.shape[0], t.shape[1], self.heads, -1)  # noqa: E731
+        out = attention(split(self.to_q(x)), split(self.to_k(context)), split(self.to_v(context)), impl=self.impl)
+        out = self.to_out[0](out.reshape(out.shape[0], out.shape[1], -1))
+        if spatial:
+            out = out.reshape(b, h, w, c)
+        if self.residual_connection:
+            out = out + residual
+        return out / self.rescale_output_factor
