@@ -6,7 +6,11 @@ import sys
 
 SUBCOMMANDS = {
     "demo": ("jaxdistill.demo", "the main job on the embedded default (what `make demo` runs)"),
-    "train": ("jaxdistill.train_cli", "train or resume a run: --config configs/<recipe>.py --workdir runs/x"),
+    "train": ("jaxdistill.commands.train", "train or resume a run: --config configs/<recipe>.py --workdir runs/x"),
+    "sample": ("jaxdistill.commands.sample", "samples of a checkpoint: --workdir runs/x [--num_steps k --num 64]"),
+    "eval": ("jaxdistill.commands.evaluate", "metrics of a checkpoint: --workdir runs/x [--num 2000]"),
+    "export": ("jaxdistill.commands.export", "a checkpoint's generator as safetensors: --workdir runs/x --out dir"),
+    "info": ("jaxdistill.commands.info", "resolved config, parameters, step FLOPs and memory: --config ..."),
 }
 
 

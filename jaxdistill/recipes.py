@@ -18,26 +18,30 @@ from jaxdistill.toy import TOY_SETTINGS, toy_spec
 STATE_DEFINING = ("teacher", "method", "model")
 
 
-def mixture_config(method: str, variant: str = "", **method_overrides) -> ml_collections.ConfigDict:
+def mixture_config(method: str, variant: str = "", *, num_classes: int = 1, guidance: str = "", kappa: float = 1.0,
+                   **method_overrides) -> ml_collections.ConfigDict:
     """A recipe distilling the analytic 4-mode ring into an MLP generator with `method`.
 
+    num_classes > 1 labels mode k with class k mod num_classes (a conditional teacher, for the
+    guidance recipes: `guidance` names a preset of `jaxdistill.guidance`, `kappa` its scale).
     `variant="tiny"` is the seconds-long version the tests run.
     """
     if variant not in ("", "tiny"):
         raise ValueError(f"unknown config variant {variant!r}; use '' (full) or 'tiny'.")
     settings = dict(TOY_SETTINGS.get(method, {}))
     c = ml_collections.ConfigDict()
-    c.teacher = dict(kind="mixture", num_modes=4, radius=2.0, std=0.5)
-    c.method = dict(name=method, guidance="", kappa=1.0, **method_overrides)
+    c.teacher = dict(kind="mixture", num_modes=4, radius=2.0, std=0.5, num_classes=num_classes)
+    c.method = dict(name=method, guidance=guidance, kappa=kappa, **method_overrides)
     c.model = dict(hidden=128, depth=3, on_teacher=True)
     c.optim = dict(gen_lr=settings.get("gen_lr", 2e-4), critic_lr=settings.get("critic_lr", 2e-3),
                    n_critic=settings.get("n_critic", 1), ema_decay=settings.get("ema_decay", 0.99))
     c.mesh = dict(shape=(1, 1, 1))
-    c.train = dict(steps=3000, batch_size=256, seed=0, log_every=100, checkpoint_every=500, keep=3,
-                   eval_samples=1000, max_nonfinite_steps=20)
+    c.train = dict(steps=3000, batch_size=256, seed=0, log_every=100, checkpoint_every=500, keep=3, keep_period=0,
+                   sample_every=1000, sample_count=1024, eval_samples=1000, max_nonfinite_steps=20)
     if variant == "tiny":
         c.model.update(hidden=32, depth=2)
-        c.train.update(steps=8, batch_size=16, log_every=1, checkpoint_every=2, eval_samples=200)
+        c.train.update(steps=8, batch_size=16, log_every=1, checkpoint_every=2, sample_every=4, sample_count=256,
+                       eval_samples=200)
     return c
 
 

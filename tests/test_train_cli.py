@@ -1,8 +1,10 @@
 """`jaxdistill train` end to end: outputs, exact resume after SIGKILL, SIGTERM, bad input."""
 
+import glob
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -10,7 +12,13 @@ import time
 import jax
 import numpy as np
 import pytest
+from PIL import Image
+from safetensors.torch import load_file
 
+from jaxdistill.commands.evaluate import evaluate
+from jaxdistill.commands.export import export
+from jaxdistill.commands.info import info
+from jaxdistill.commands.sample import sample
 from jaxdistill.recipes import build_spec, mixture_config
 from jaxdistill.teachers import ring_mixture
 from jaxdistill.toy import toy_distiller
@@ -59,15 +67,85 @@ def _final_state(workdir, steps):
     return {"gen": s.gen, "critic": s.critic, "ema": s.ema}
 
 
-def test_tiny_run_writes_checkpoints_metrics_and_config(tmp_path):
-    r = _run(tmp_path)
+def _tensorboard_tags(workdir):
+    """{tag: [steps]} of the run's TensorBoard event files (TFRecord framing, Event protos)."""
+    from tensorboardX.proto import event_pb2
+
+    tags = {}
+    for path in glob.glob(str(workdir / "tensorboard" / "events.out.tfevents.*")):
+        data, i = open(path, "rb").read(), 0
+        while i < len(data):
+            (n,) = struct.unpack("<Q", data[i:i + 8])
+            event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+            i += 12 + n + 4
+            for value in event.summary.value:
+                tags.setdefault(value.tag, []).append(event.step)
+    return tags
+
+
+def _tree_bytes(path):
+    return {os.path.relpath(os.path.join(d, f), path): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(path) for f in files}
+
+
+def test_cli_run_then_sample_eval_export_info_and_a_corrupted_checkpoint(tmp_path):
+    workdir = tmp_path / "run"
+    r = _run(workdir)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "final:" in r.stdout and "compiled the train step" in r.stdout
-    assert _steps(tmp_path)[-1] == 8
-    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
-    assert [row["step"] for row in rows] == list(range(1, 9))
-    assert all(np.isfinite(row["gen_loss"]) and row["samples_per_s"] > 0 for row in rows)
-    assert json.load(open(tmp_path / "config.json"))["method"]["name"] == "dmd2"
+    assert "final:" in r.stdout and "compiled the train step" in r.stdout and "ms/step" in r.stdout
+    assert _steps(workdir) == [4, 6, 8]  # checkpoint_every=2, keep=3
+    rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    assert rows[0] == {"step": 0, "time/compile_s": rows[0]["time/compile_s"]} and rows[0]["time/compile_s"] > 0
+    assert [row["step"] for row in rows[1:]] == list(range(1, 9))
+    assert all(np.isfinite(row["gen_loss"]) and row["samples_per_s"] > 0 and row["time/step_ms"] > 0
+               for row in rows[1:])
+    assert json.load(open(workdir / "config.json"))["method"]["name"] == "dmd2"
+    tags = _tensorboard_tags(workdir)
+    assert tags["gen_loss"] == list(range(1, 9)) and tags["samples"] == [4, 8]
+    for step in (4, 8):  # sample_every=4
+        assert Image.open(workdir / "samples" / f"samples_{step:07d}.png").size == (256, 256)
+
+    # `sample`: grid + one file per seed; a seed's sample does not depend on how many are drawn.
+    out = tmp_path / "samples"
+    grid = sample(str(workdir), num=6, seed=3, out=str(out), print_fn=lambda *_: None)
+    assert Image.open(grid).mode == "RGB"
+    six = [np.load(out / "sample_s8_k1" / f"{s:06d}.npy") for s in range(3, 9)]
+    sample(str(workdir), num=2, seed=5, out=str(tmp_path / "two"), print_fn=lambda *_: None)
+    np.testing.assert_array_equal(np.load(tmp_path / "two" / "sample_s8_k1" / "000005.npy"), six[2])
+    with pytest.raises(RunError, match="outside 1..1"):
+        sample(str(workdir), num_steps=2, print_fn=lambda *_: None)
+
+    # `eval`: the mixture metrics, written beside the run.
+    result = evaluate(str(workdir), num=200, step=6, print_fn=lambda *_: None)
+    assert result["k=1"]["step"] == 6 and result["k=1"]["all"]["mmd2_over_floor"] > 0
+    assert json.load(open(workdir / "eval" / "eval_s6.json")) == json.loads(json.dumps(result))
+
+    # `export`: PyTorch-layout safetensors of the EMA generator, and never over existing files.
+    exported = export(str(workdir), str(tmp_path / "export"), print_fn=lambda *_: None)
+    weights = load_file(os.path.join(exported, "generator.safetensors"))
+    ema = jax.device_get(_final_state(workdir, 8)["ema"])
+    np.testing.assert_array_equal(weights["layers.0.weight"].numpy(), np.asarray(ema["layers"][0]["kernel"]).T)
+    assert json.load(open(os.path.join(exported, "config.json")))["step"] == 8
+    with pytest.raises(RunError, match="already exists"):
+        export(str(workdir), exported, print_fn=lambda *_: None)
+
+    # `info`: the compiled step's FLOPs and memory from XLA, without training.
+    lines = []
+    report = info(_tiny(), print_fn=lines.append)
+    assert report["step_flops"] > 0 and report["memory_per_device"]["argument"] > 0
+    assert report["parameters"]["generator"] == sum(np.prod(np.shape(x)) for x in jax.tree.leaves(ema))
+    assert any("FLOPs" in line for line in lines) and any("memory per device" in line for line in lines)
+
+    # A corrupted checkpoint: a clear error naming the step and the way out; nothing changes on disk.
+    data = max(glob.glob(str(workdir / "checkpoints" / "8" / "state" / "**" / "d" / "*"), recursive=True),
+               key=os.path.getsize)
+    blob = bytearray(open(data, "rb").read())
+    blob[len(blob) // 4: len(blob) // 2] = bytes(len(blob) // 2 - len(blob) // 4)
+    open(data, "wb").write(blob)
+    before = _tree_bytes(workdir / "checkpoints")
+    with pytest.raises(RunError, match=r"checkpoint step 8 .* cannot be read.*resume from step 6"):
+        train(_tiny(steps=10), str(workdir), print_fn=lambda *_: None)
+    assert _tree_bytes(workdir / "checkpoints") == before
 
 
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
@@ -133,5 +211,18 @@ def test_incompatible_workdir_is_refused_and_left_untouched(tmp_path):
 def test_run_errors_exit_2_with_the_message(tmp_path):
     r = _run(tmp_path, "--config.teacher.kind=sd15")
     assert r.returncode == 2
-    assert "teacher.kind='sd15' is not available yet" in r.stderr
+    assert "teacher.kind='sd15' is unknown; expected 'mixture' or 'diffusers'" in r.stderr
     assert not _steps(tmp_path)
+
+
+def test_missing_teacher_folder_names_the_path_and_the_fix(tmp_path):
+    config = _tiny()
+    config.teacher = {"kind": "diffusers", "path": str(tmp_path / "no_such_model")}
+    with pytest.raises(RunError, match=r"teacher.path=.*no_such_model.* is not a folder.*--config.teacher.path="):
+        train(config, str(tmp_path / "run"), print_fn=lambda *_: None)
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_reading_commands_refuse_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(RunError, match="no config.json"):
+        sample(str(tmp_path), print_fn=lambda *_: None)

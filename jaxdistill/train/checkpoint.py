@@ -43,6 +43,10 @@ class Checkpointer:
         """The newest complete step, or None when the directory holds none."""
         return self.manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        """The complete steps on disk, oldest first."""
+        return sorted(self.manager.all_steps())
+
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
         """(state placed as `abstract_state` says, config) of `step` (default: the latest)."""
         step = self.latest_step() if step is None else step

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -126,10 +127,27 @@ class Distiller:
         n = jax.tree.leaves(cond)[0].shape[0]
         k_z, k_n = jax.random.split(key)
         z = jax.random.normal(k_z, (n,) + tuple(self.problem.event_shape))
-        if num_steps not in self._samplers:
+        return self._sampler(num_steps, per_seed=False)(params, teacher_params, z, cond, k_n)
+
+    def sample_seeds(self, seeds: Any, cond: Any, teacher_params: Any = None, *, num_steps: int | None = None,
+                     use_ema: bool = True) -> jax.Array:
+        """One sample per (seed, condition): sample i depends only on seeds[i] and its condition,
+        so a fixed seed list gives comparable pictures at every step and any batch size."""
+        params = self.state.ema if use_ema else self.state.gen
+        keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
+        return self._sampler(num_steps, per_seed=True)(params, teacher_params, keys, cond)
+
+    def _sampler(self, num_steps, per_seed: bool):
+        if (num_steps, per_seed) not in self._samplers:
             def run(params, teacher_params, z, cond, k_n):
                 return generate(lambda x, s: self.nets.gen_apply(params, teacher_params, x, s, cond), z,
                                 self.spec.sigma_ladder, k_n, num_steps=num_steps)
 
-            self._samplers[num_steps] = jax.jit(run)
-        return self._samplers[num_steps](params, teacher_params, z, cond, k_n)
+            def run_one(params, teacher_params, key, cond):
+                k_z, k_n = jax.random.split(key)
+                z = jax.random.normal(k_z, (1,) + tuple(self.problem.event_shape))
+                return run(params, teacher_params, z, jax.tree.map(lambda c: c[None], cond), k_n)[0]
+
+            fn = jax.vmap(run_one, in_axes=(None, None, 0, 0)) if per_seed else run
+            self._samplers[(num_steps, per_seed)] = jax.jit(fn)
+        return self._samplers[(num_steps, per_seed)]

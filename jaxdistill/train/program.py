@@ -1,22 +1,30 @@
-"""The training program behind `jaxdistill train`: build, resume, loop, log, checkpoint, stop.
+"""The training program behind `jaxdistill train`, and the run loading behind `sample`, `eval`,
+`export` and `info`.
 
     workdir/
       checkpoints/<step>/{state,config}   orbax; the latest complete one is resumed automatically
       config.json                         the resolved config of the run
       metrics.jsonl                       one JSON line per logged step
+      tensorboard/                        the same scalars and the sample grids as event files
+      samples/samples_<step>.png          fixed-seed sample pictures every `train.sample_every` steps
 
 SIGTERM/SIGINT finish the current step, save a checkpoint and return. Losses that stay
 non-finite for `train.max_nonfinite_steps` consecutive steps stop the run with an error naming
-the step; the last good checkpoint is left as it is.
+the step; the last good checkpoint is left as it is (no checkpoint is written while the latest
+losses are non-finite). Host-side bookkeeping runs one step behind the device: step n+1 is
+dispatched before step n's losses are read, so the host never idles the accelerator between
+checkpoints.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import signal
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,10 +32,13 @@ import ml_collections
 import numpy as np
 
 from jaxdistill.eval.mixture_metrics import evaluate
+from jaxdistill.eval.render import render_samples
 from jaxdistill.recipes import STATE_DEFINING, build_spec
 from jaxdistill.teachers import ring_mixture
 from jaxdistill.toy import toy_distiller
 from jaxdistill.train.checkpoint import Checkpointer
+from jaxdistill.train.engine import Distiller
+from jaxdistill.train.metric_writer import MetricWriter
 from jaxdistill.train.sharding import make_mesh
 
 
@@ -35,10 +46,77 @@ class RunError(RuntimeError):
     """A run cannot start or continue; the message says why and what to do."""
 
 
+@dataclasses.dataclass
+class Run:
+    """A built run: its config, the frozen teacher and the `Distiller` holding the state."""
+
+    config: ml_collections.ConfigDict
+    teacher: Any
+    distiller: Distiller
+
+    @property
+    def resolved(self) -> dict:
+        return json.loads(self.config.to_json())
+
+    def conditions(self, n: int) -> jax.Array:
+        """Conditions of n fixed-seed samples: class labels cycled 0..C−1 (all 0 when unconditional)."""
+        classes = max(int(self.teacher.num_classes), 1)
+        return jnp.arange(n, dtype=jnp.int32) % classes
+
+    def picture(self, seeds, num_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(samples, uint8 picture) of the EMA generator at `seeds`, over exact teacher samples."""
+        cond = self.conditions(len(seeds))
+        x = np.asarray(self.distiller.sample_seeds(seeds, cond, self.teacher, num_steps=num_steps))
+        reference = np.asarray(self.teacher.sample(jax.random.key(0), 4096))
+        return x, render_samples(x, reference)
+
+    def evaluate(self, num: int, num_steps: int | None = None, seed: int = 1) -> dict:
+        """Metrics of the EMA generator against the exact teacher, per class for conditional teachers."""
+        classes = [None] if self.teacher.num_classes <= 1 else list(range(self.teacher.num_classes))
+        rows = {}
+        for label in classes:
+            cond = jnp.full((num,), 0 if label is None else label, jnp.int32)
+            x = self.distiller.sample(jax.random.key(seed), cond, self.teacher, num_steps=num_steps)
+            r = evaluate(x, self.teacher, seed=seed, label=label)
+            rows["all" if label is None else f"class_{label}"] = {
+                "max_rel_weight_err": r["max_rel_weight_err"], "mmd2_over_floor": r["mmd2"] / r["mmd2_floor"],
+                "mean_log_p": r["mean_log_p"], "exact_mean_log_p": r["exact_mean_log_p"],
+                "weights": [round(float(w), 4) for w in r["weights"]],
+                "exact_weights": [round(float(w), 4) for w in r["exact_weights"]]}
+        steps = num_steps or self.distiller.spec.num_steps
+        return {"step": int(self.distiller.state.step), "generator_steps": steps, "samples": num, **rows}
+
+
 def build_teacher(teacher: ml_collections.ConfigDict):
-    if teacher.kind != "mixture":
-        raise RunError(f"teacher.kind={teacher.kind!r} is not available yet; this build distils 'mixture' teachers.")
-    return ring_mixture(num_modes=teacher.num_modes, radius=teacher.radius, std=teacher.std)
+    if teacher.kind == "mixture":
+        return ring_mixture(num_modes=teacher.num_modes, radius=teacher.radius, std=teacher.std,
+                            num_classes=teacher.get("num_classes", 1))
+    if teacher.kind == "diffusers":
+        path = teacher.get("path", "")
+        if not path or not os.path.isdir(path):
+            raise RunError(
+                f"teacher.path={path!r} is not a folder. Stable Diffusion recipes read a diffusers-format folder "
+                "(model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/): download it where there "
+                "is network (e.g. `huggingface-cli download <repo> --local-dir /models/sd15`) and pass "
+                "--config.teacher.path=/models/sd15."
+            )
+        raise RunError(f"teacher.kind='diffusers' ({path}): distilling Stable Diffusion folders is not wired into "
+                       "this build yet; the analytic-mixture recipes (configs/mixture_*.py) run now.")
+    raise RunError(f"teacher.kind={teacher.kind!r} is unknown; expected 'mixture' or 'diffusers'.")
+
+
+def build_run(config: ml_collections.ConfigDict) -> Run:
+    """The teacher, mesh and `Distiller` (fresh state) a config describes."""
+    teacher = build_teacher(config.teacher)
+    shape = tuple(config.mesh.shape)
+    if math.prod(shape) > jax.device_count():
+        raise RunError(f"mesh.shape={shape} needs {math.prod(shape)} devices; {jax.device_count()} are visible. "
+                       f"Set --config.mesh.shape to a shape whose product is at most {jax.device_count()}.")
+    mesh = make_mesh(shape, jax.devices()[: math.prod(shape)])
+    t = config.train
+    d = toy_distiller(teacher, build_spec(config), batch_size=t.batch_size, hidden=config.model.hidden,
+                      depth=config.model.depth, seed=t.seed, mesh=mesh)
+    return Run(config, teacher, d)
 
 
 def _check_compatible(saved: dict, config: dict, workdir: str) -> None:
@@ -51,8 +129,41 @@ def _check_compatible(saved: dict, config: dict, workdir: str) -> None:
             )
 
 
-def _json_config(config: ml_collections.ConfigDict) -> dict:
-    return json.loads(config.to_json())
+def restore(run: Run, ckpt: Checkpointer, step: int | None = None) -> int:
+    """Restore the run's state from `step` (default latest); unreadable checkpoints raise a
+    RunError that names the step folder and the way out. Nothing on disk is changed."""
+    step = ckpt.latest_step() if step is None else step
+    try:
+        _check_compatible(ckpt.restore_config(step), run.resolved, os.path.dirname(ckpt.directory))
+        run.distiller.restore(ckpt, step)
+    except RunError:
+        raise
+    except Exception as e:  # orbax raises many kinds (ValueError, OSError, tensorstore errors, ...)
+        older = [s for s in ckpt.all_steps() if s < step]
+        way_out = (f"move {os.path.join(ckpt.directory, str(step))} aside to resume from step {older[-1]}"
+                   if older else "start again in a new --workdir")
+        raise RunError(f"checkpoint step {step} in {ckpt.directory} cannot be read ({type(e).__name__}: "
+                       f"{(str(e).splitlines() or [''])[0][:200]}); it may be corrupted or incomplete. To go on, {way_out}. "
+                       "Nothing was changed on disk.") from e
+    return step
+
+
+def open_run(workdir: str, step: int | None = None) -> Run:
+    """The run in `workdir` (its config.json) with the state of checkpoint `step` (default latest)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise RunError(f"{workdir} is not a run directory: it has no config.json. Point --workdir at a folder "
+                       "written by `jaxdistill train`.")
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    run = build_run(config)
+    with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+        if ckpt.latest_step() is None:
+            raise RunError(f"{workdir} has no complete checkpoint yet; train longer or check --workdir.")
+        if step is not None and step not in ckpt.all_steps():
+            raise RunError(f"{workdir} has no checkpoint at step {step}; it has steps {ckpt.all_steps()}.")
+        restore(run, ckpt, step)
+    return run
 
 
 class _StopFlag:
@@ -66,71 +177,93 @@ class _StopFlag:
 def train(config: ml_collections.ConfigDict, workdir: str, *, print_fn=print) -> dict:
     """Run (or resume) the distillation described by `config` in `workdir`; returns the final
     evaluation of the EMA generator."""
-    resolved = _json_config(config)
-    gm = build_teacher(config.teacher)
-    spec = build_spec(config)
-    shape = tuple(config.mesh.shape)
-    mesh = make_mesh(shape, jax.devices()[: int(np.prod(shape))])
-    t = config.train
-    d = toy_distiller(gm, spec, batch_size=t.batch_size, hidden=config.model.hidden, depth=config.model.depth,
-                      seed=t.seed, mesh=mesh)
+    run = build_run(config)
+    d, t = run.distiller, config.train
     os.makedirs(workdir, exist_ok=True)
-    with Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=t.keep) as ckpt:
+    with Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=t.keep,
+                      keep_period=t.get("keep_period") or None) as ckpt:
         if ckpt.latest_step() is not None:
-            _check_compatible(ckpt.restore_config(), resolved, workdir)
-            d.restore(ckpt)
+            restore(run, ckpt)
             print_fn(f"resumed from step {int(d.state.step)} in {ckpt.directory}")
         with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(resolved, f, indent=2)
-        step_fn = d.compile(gm)
-        print_fn(f"compiled the train step in {d.compile_seconds:.1f} s; method {spec.name}, mesh {shape}")
+            json.dump(run.resolved, f, indent=2)
+        step_fn = d.compile(run.teacher)
+        print_fn(f"compiled the train step in {d.compile_seconds:.1f} s; method {d.spec.name}, "
+                 f"mesh {tuple(config.mesh.shape)}")
         stop = _StopFlag()
         previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
-            _loop(d, gm, step_fn, ckpt, resolved, t, workdir, stop, print_fn)
+            with MetricWriter(workdir) as writer:
+                writer.scalars(int(d.state.step), {"time/compile_s": d.compile_seconds})
+                _Loop(run, step_fn, ckpt, writer, stop, print_fn).go()
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
         if stop.signal is None and ckpt.latest_step() != int(d.state.step):
-            d.save(ckpt, resolved, force=True)
-    result = evaluate(d.sample(jax.random.key(t.seed + 1), jnp.zeros((t.eval_samples,), jnp.int32), gm), gm)
-    summary = {"step": int(d.state.step), "max_rel_weight_err": result["max_rel_weight_err"],
-               "mmd2_over_floor": result["mmd2"] / result["mmd2_floor"], "mean_log_p": result["mean_log_p"]}
+            d.save(ckpt, run.resolved, force=True)
+    summary = run.evaluate(t.eval_samples, seed=t.seed + 1)
     print_fn("final: " + json.dumps(summary))
     return summary
 
 
-def _loop(d, gm, step_fn, ckpt, resolved, t, workdir, stop, print_fn):
-    teacher = jax.device_put(gm, d.teacher_sharding(gm))
-    nonfinite, last_time, last_step = 0, time.perf_counter(), int(d.state.step)
-    with open(os.path.join(workdir, "metrics.jsonl"), "a") as log:
+class _Loop:
+    """The step loop with its host bookkeeping one step behind the device (see module docstring)."""
+
+    def __init__(self, run: Run, step_fn, ckpt: Checkpointer, writer: MetricWriter, stop: _StopFlag, print_fn):
+        self.job, self.step_fn, self.ckpt, self.writer, self.stop, self.print = run, step_fn, ckpt, writer, stop, print_fn
+        self.t = run.config.train
+        self.nonfinite = 0
+        self.last_time, self.last_step = time.perf_counter(), int(run.distiller.state.step)
+
+    def go(self) -> None:
+        d, t = self.job.distiller, self.t
+        teacher = jax.device_put(self.job.teacher, d.teacher_sharding(self.job.teacher))
+        pending = None
         for step in range(int(d.state.step), t.steps):
-            d.state, metrics = step_fn(d.state, teacher)
-            losses = jax.device_get({k: metrics[k] for k in ("gen_loss", "critic_loss")})
-            nonfinite = 0 if all(math.isfinite(float(v)) for v in losses.values()) else nonfinite + 1
-            if nonfinite >= t.max_nonfinite_steps:
-                raise RunError(
-                    f"losses were non-finite for {nonfinite} consecutive steps, the last at step {step + 1} "
-                    f"({ {k: float(v) for k, v in losses.items()} }); stopped without saving. The last good "
-                    f"checkpoint (step {ckpt.latest_step()}) is kept; lower the learning rates and resume."
-                )
+            d.state, metrics = self.step_fn(d.state, teacher)
             done = step + 1
-            if done % t.log_every == 0 or done == t.steps:
-                now = time.perf_counter()
-                rate = (done - last_step) * t.batch_size / max(now - last_time, 1e-9)
-                row = {"step": done, "samples_per_s": rate,
-                       **{k: float(v) for k, v in jax.device_get(metrics).items()}}
-                log.write(json.dumps(row) + "\n")
-                log.flush()
-                eta = (t.steps - done) * t.batch_size / max(rate, 1e-9)
-                print_fn(f"step {done}/{t.steps}  {rate:,.0f} samples/s  ETA {eta:.0f} s  "
-                         f"gen_loss {row['gen_loss']:.4g}  critic_loss {row['critic_loss']:.4g}")
-                last_time, last_step = now, done
-            if done % t.checkpoint_every == 0:
-                d.save(ckpt, resolved)
-            if stop.signal is not None:
-                if ckpt.latest_step() != done:
-                    d.save(ckpt, resolved, force=True)
-                ckpt.wait()
-                print_fn(f"{stop.signal}: saved step {done} to {ckpt.directory}; resume with the same command")
-                return
+            if pending is not None:
+                self._account(*pending)
+            pending = (done, metrics)
+            checkpoint = done % t.checkpoint_every == 0
+            picture = t.sample_every and done % t.sample_every == 0
+            if checkpoint or picture or self.stop.signal is not None or done == t.steps:
+                self._account(*pending)
+                pending = None
+                if picture:
+                    self.writer.image(done, "samples", self.job.picture(range(t.sample_count))[1])
+                if checkpoint and self.nonfinite == 0:
+                    d.save(self.ckpt, self.job.resolved)
+                # Pictures and saves are not step time: restart the clock after them.
+                self.last_time, self.last_step = time.perf_counter(), done
+                if self.stop.signal is not None:
+                    if self.ckpt.latest_step() != done and self.nonfinite == 0:
+                        d.save(self.ckpt, self.job.resolved, force=True)
+                    self.ckpt.wait()
+                    self.print(f"{self.stop.signal}: saved step {self.ckpt.latest_step()} to {self.ckpt.directory}; "
+                               "resume with the same command")
+                    return
+
+    def _account(self, done: int, metrics: dict) -> None:
+        """Read step `done`'s metrics: non-finite check, then the log row every `log_every` steps."""
+        t = self.t
+        losses = {k: float(v) for k, v in jax.device_get({k: metrics[k] for k in ("gen_loss", "critic_loss")}).items()}
+        self.nonfinite = 0 if all(math.isfinite(v) for v in losses.values()) else self.nonfinite + 1
+        if self.nonfinite >= t.max_nonfinite_steps:
+            raise RunError(
+                f"losses were non-finite for {self.nonfinite} consecutive steps, the last at step {done} "
+                f"({losses}); stopped without saving. The last good checkpoint (step {self.ckpt.latest_step()}) "
+                "is kept; lower the learning rates and resume."
+            )
+        if done % t.log_every and done != t.steps:
+            return
+        now = time.perf_counter()
+        seconds_per_step = (now - self.last_time) / max(done - self.last_step, 1)
+        rate = t.batch_size / max(seconds_per_step, 1e-9)
+        values = {"samples_per_s": rate, "time/step_ms": 1e3 * seconds_per_step,
+                  **{k: float(v) for k, v in jax.device_get(metrics).items()}}
+        self.writer.scalars(done, values)
+        eta = (t.steps - done) * seconds_per_step
+        self.print(f"step {done}/{t.steps}  {rate:,.0f} samples/s  {1e3 * seconds_per_step:.1f} ms/step  "
+                   f"ETA {eta:.0f} s  gen_loss {values['gen_loss']:.4g}  critic_loss {values['critic_loss']:.4g}")
+        self.last_time, self.last_step = now, done

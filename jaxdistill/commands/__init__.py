@@ -1,0 +1,1 @@
+"""The `jaxdistill` subcommands; each module defines its absl flags and a `main()`."""
