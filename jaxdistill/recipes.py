@@ -3,7 +3,9 @@
 A recipe config has five sections: `teacher` (what is distilled), `method` (the registry name
 and guidance), `model` (the student networks), `optim` (learning rates, n_critic, EMA) and
 `train` (steps, batch, seed, logging and checkpoint cadence), plus `mesh` (data, fsdp, tensor).
-`build_spec` turns the method and optim sections into a `MethodSpec`.
+`build_spec` turns the method and optim sections into a `MethodSpec`: the registry's values
+(jaxdistill.methods, taken from each method's official code) for Stable Diffusion teachers, the
+toy settings on top of them for analytic mixtures.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import ml_collections
 
 from jaxdistill.guidance import guidance_preset
-from jaxdistill.methods import MethodSpec
+from jaxdistill.methods import MethodSpec, get_method
 from jaxdistill.toy import TOY_SETTINGS, toy_spec
 
 # Sections that fix the shapes of the saved state: a run may not resume across a change here.
@@ -45,11 +47,40 @@ def mixture_config(method: str, variant: str = "", *, num_classes: int = 1, guid
     return c
 
 
+def sd_config(method: str, variant: str, *, resolution: int, guidance: str, kappa: float, optim: dict,
+              batch_size: int, steps: int, **method_overrides) -> ml_collections.ConfigDict:
+    """A recipe distilling a Stable Diffusion folder (`--config.teacher.path`) into a one-step
+    UNet generator initialised from the teacher, in latent space (resolution/8 latents).
+
+    `variant="tiny"` is the seconds-long version the tests run on a tiny random SD folder.
+    """
+    if variant not in ("", "tiny"):
+        raise ValueError(f"unknown config variant {variant!r}; use '' (full) or 'tiny'.")
+    c = ml_collections.ConfigDict()
+    c.teacher = dict(kind="diffusers", path="", variant="", prompts="", resolution=resolution)
+    c.method = dict(name=method, guidance=guidance, kappa=kappa, **method_overrides)
+    c.model = dict(init_from_teacher=True, param_dtype="float32", compute_dtype="bfloat16", attention="cudnn",
+                   remat="dots_saveable")
+    c.optim = dict(optim)
+    c.mesh = dict(shape=(1, 1, 1))
+    c.train = dict(steps=steps, batch_size=batch_size, seed=0, log_every=50, checkpoint_every=1000, keep=3,
+                   keep_period=5000, sample_every=1000, sample_count=16, eval_samples=1000, max_nonfinite_steps=20)
+    if variant == "tiny":
+        c.teacher.resolution = 32
+        c.model.update(compute_dtype="float32", attention="xla", remat="none")
+        c.train.update(steps=2, batch_size=2, log_every=1, checkpoint_every=2, sample_every=2, sample_count=4,
+                       eval_samples=4)
+    return c
+
+
 def build_spec(config: ml_collections.ConfigDict) -> MethodSpec:
-    """The `MethodSpec` of a recipe: the toy settings of its method, then its method/optim values."""
+    """The `MethodSpec` of a recipe: the registry's (plus the toy settings for mixtures), then
+    the recipe's method and optim values."""
     m = dict(config.method)
     name, preset, kappa = m.pop("name"), m.pop("guidance"), m.pop("kappa")
     overrides = dict(config.optim, **m)
     if preset:
         overrides["guidance"] = guidance_preset(preset, kappa)
-    return toy_spec(name, **overrides)
+    if config.teacher.kind == "mixture":
+        return toy_spec(name, **overrides)
+    return get_method(name, **overrides)
