@@ -60,13 +60,18 @@ def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict]:
     except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise WeightsError(f"{path} is not a readable safetensors file ({e}).") from e
     metadata = header.pop("__metadata__", {}) or {}
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n) if header else None
+    size = os.path.getsize(path) - 8 - n
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n) if header and size > 0 else None
     tensors = {}
     for key, info in header.items():
         if info["dtype"] not in DTYPES:
             raise WeightsError(f"{path}: tensor {key!r} has dtype {info['dtype']}, which jaxdistill does not read.")
-        start, end = info["data_offsets"]
-        tensors[key] = data[start:end].view(DTYPES[info["dtype"]]).reshape(info["shape"])
+        dtype, (start, end) = DTYPES[info["dtype"]], info["data_offsets"]
+        nbytes = int(np.prod(info["shape"], dtype=np.int64)) * dtype.itemsize
+        if end - start != nbytes or end > (0 if data is None else data.size):
+            raise WeightsError(f"{path}: tensor {key!r} ({info['dtype']} {info['shape']}) has byte range "
+                               f"[{start}, {end}) that does not fit it or the file; the file is truncated or corrupt.")
+        tensors[key] = data[start:end].view(dtype).reshape(info["shape"]) if nbytes else np.zeros(info["shape"], dtype)
     return tensors, metadata
 
 
@@ -74,7 +79,8 @@ def write_safetensors(path: str, tensors: Mapping[str, np.ndarray], metadata: di
     """Write `tensors` (host arrays, any of `DTYPES`) as one safetensors file, keys sorted."""
     header, offset, arrays = {}, 0, []
     for key in sorted(tensors):
-        a = np.ascontiguousarray(tensors[key])
+        a = np.asarray(tensors[key])
+        a = a if a.flags.c_contiguous else a.copy(order="C")  # (np.ascontiguousarray turns 0-d into [1])
         if a.dtype not in _DTYPE_NAMES:
             raise WeightsError(f"cannot write tensor {key!r} of dtype {a.dtype} to {path}; use one of "
                                f"{sorted(str(d) for d in _DTYPE_NAMES)}.")
@@ -124,17 +130,20 @@ class TensorSource:
 def open_weights(folder: str, stems: Iterable[str] = ("diffusion_pytorch_model", "model"),
                  variant: str | None = None) -> TensorSource:
     """The safetensors weights in `folder`: `<stem>[.<variant>].safetensors`, or the files listed
-    by `<stem>[.<variant>].safetensors.index.json` (sharded checkpoints)."""
+    by `<stem>.safetensors.index[.<variant>].json` (sharded checkpoints; diffusers and
+    transformers put the variant before the last extension)."""
     if not os.path.isdir(folder):
         raise WeightsError(f"weights folder {folder} does not exist; point at a diffusers-format model folder "
                            "(model_index.json, unet/, vae/, text_encoder/, ...) or one of its subfolders.")
     suffix = f".{variant}.safetensors" if variant else ".safetensors"
     for stem in stems:
         single = os.path.join(folder, stem + suffix)
-        index = single + ".index.json"
+        indexes = [os.path.join(folder, f"{stem}.safetensors.index{'.' + variant if variant else ''}.json"),
+                   single + ".index.json"]
         if os.path.isfile(single):
             return TensorSource([single])
-        if os.path.isfile(index):
+        index = next((p for p in indexes if os.path.isfile(p)), None)
+        if index is not None:
             with open(index) as f:
                 weight_map = json.load(f).get("weight_map")
             if not isinstance(weight_map, dict):
@@ -151,7 +160,8 @@ def open_weights(folder: str, stems: Iterable[str] = ("diffusion_pytorch_model",
             "(pickle files can run arbitrary code). Convert them once with PyTorch, e.g. "
             "`Model.from_pretrained(folder).save_pretrained(folder, safe_serialization=True)`."
         )
-    wanted = " or ".join(f"{s}{suffix}[.index.json]" for s in stems)
+    index_name = f".safetensors.index.{variant}.json" if variant else ".safetensors.index.json"
+    wanted = " or ".join(f"{s}{suffix} / {s}{index_name}" for s in stems)
     raise WeightsError(f"{folder} has no weights file: expected {wanted}; found {sorted(os.listdir(folder))}.")
 
 
@@ -235,7 +245,7 @@ def load_params(abstract: nnx.Module, source: TensorSource, *, dtype=None, shard
         target = _leaf(pure, path)
         array = _from_torch(owner, path[-1])(np.asarray(source.get(full)))
         if tuple(array.shape) != tuple(target.shape):
-            expected = _to_torch(owner, path[-1])[1](np.empty(target.shape, np.uint8)).shape
+            expected = _to_torch(owner, path[-1])[1](np.broadcast_to(np.uint8(0), target.shape)).shape
             raise WeightsError(f"{source.file_of[full]}: tensor {full!r} has shape {tuple(source.tensors[full].shape)}"
                                f", but the model built from config.json expects {tuple(expected)}; the weights and "
                                "config.json disagree.")
@@ -259,7 +269,8 @@ def module_tensors(module: nnx.Module, *, prefix: str = "", dtype=None) -> dict[
     for path, (key, owner) in parameter_keys(module).items():
         _, to_torch = _to_torch(owner, path[-1])
         a = to_torch(np.asarray(jax.device_get(_leaf(pure, path))))
-        out[prefix + key] = np.ascontiguousarray(a.astype(dtype) if dtype else a)
+        a = a.astype(dtype) if dtype else a
+        out[prefix + key] = a if a.flags.c_contiguous else a.copy(order="C")
     return out
 
 
