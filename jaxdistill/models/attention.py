@@ -22,6 +22,8 @@ import jax.numpy as jnp
 from absl import logging
 from flax import nnx
 
+from jaxdistill.models import layers
+
 IMPLS = ("xla", "cudnn", "splash")
 
 
@@ -103,15 +105,17 @@ class Attention(nnx.Module):
                  impl: str = "xla", dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         inner = heads * dim_head
         context_dim = cross_attention_dim or query_dim
-        dense = functools.partial(nnx.Linear, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        # Logical axes for sharding (jaxdistill.train.sharding): q/k/v kernels [in, heads·dim]
+        # are ("embed", "heads"), the output kernel ("heads", "embed").
+        dense = functools.partial(layers.dense, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.heads, self.impl = heads, impl
         self.residual_connection, self.rescale_output_factor = residual_connection, rescale_output_factor
         self.group_norm = (nnx.GroupNorm(query_dim, num_groups=norm_num_groups, epsilon=eps, dtype=jnp.float32,
                                          param_dtype=param_dtype, rngs=rngs) if norm_num_groups else None)
-        self.to_q = dense(query_dim, inner, use_bias=bias)
-        self.to_k = dense(context_dim, inner, use_bias=bias)
-        self.to_v = dense(context_dim, inner, use_bias=bias)
-        self.to_out = nnx.List([dense(inner, query_dim, use_bias=out_bias)])
+        self.to_q = dense(query_dim, inner, use_bias=bias, axes=("embed", "heads"))
+        self.to_k = dense(context_dim, inner, use_bias=bias, axes=("embed", "heads"))
+        self.to_v = dense(context_dim, inner, use_bias=bias, axes=("embed", "heads"))
+        self.to_out = nnx.List([dense(inner, query_dim, use_bias=out_bias, axes=("heads", "embed"))])
 
     def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
         residual, spatial = x, x.ndim == 4
