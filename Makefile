@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test install install-test clean
+.PHONY: demo test test-all install install-test clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,9 +28,14 @@ demo: $(VENV)/.installed
 # pytest's own exit code is the result: 5 (no tests collected) fails the build like any failure.
 # Two sessions: everything on 8 fake CPU devices, then the long single-device trainings on one
 # (tests/conftest.py says why).
+# `heavy` tests (end-to-end Stable Diffusion training on a tiny folder, ~2 min) stay out of
+# `make test` to keep it under CI's 10 minutes; `make test-all` runs everything.
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -n $(PYTEST_WORKERS) -q -m "not single_device"
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -q -m "not single_device and not heavy"
 	JAXDISTILL_TEST_CPU_DEVICES=1 $(PY) -m pytest -n $(PYTEST_WORKERS) -q -m single_device
+
+test-all: test
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -q -m heavy
 
 clean:
 	rm -rf $(VENV)

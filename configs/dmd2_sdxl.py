@@ -6,9 +6,10 @@
 
 Values from tianweiy/DMD2's SDXL 1-step recipe (../shared/spec/loss-kernels.md §4.6): real
 guidance κ=8 (fake κ=1), 5 critic updates per generator update, generator first, lr 5e-7,
-batch 128, diffusion-GAN on (generator 5e-3 / discriminator 1e-2), no EMA, 24k iterations. The
-DMD2 paper pre-trains the 1-step SDXL generator with ~3k iterations of ODE-pair regression; that
-stage is not part of this recipe.
+batch 128, no EMA, 24k iterations. Not included: DMD2's diffusion-GAN term (generator 5e-3 /
+discriminator 1e-2), whose discriminator needs real images (LAION latents) while jaxdistill's
+training is data-free today, and the ~3k-iteration ODE-pair regression that pre-trains DMD2's
+1-step SDXL generator.
 Cost: 57 hours on 64 A100s in the paper; measure yours with `jaxdistill info`.
 Tiny variant (tests, seconds, on a tiny random SDXL-shaped folder): --config configs/dmd2_sdxl.py:tiny
 """
@@ -22,5 +23,4 @@ def get_config(variant: str = ""):
                      batch_size=128, steps=24_000,
                      # σ of t=399 in SDXL's scaled-linear table; DMD2 samples t ∈ [20, 980) for SD teachers.
                      sigma_ladder=(1.16058,), gen_noise=("ddpm", {"t_min": 20, "t_max": 980}),
-                     critic_noise=("ddpm", {"t_min": 20, "t_max": 980}),
-                     discriminator=True, gen_adv_weight=5e-3, disc_weight=1e-2)
+                     critic_noise=("ddpm", {"t_min": 20, "t_max": 980}))

@@ -41,4 +41,4 @@ def test_sd_recipes_keep_the_official_values():
     assert sid_lsg.guidance.prompt_dropout == 0.1 and sid_lsg.gen_noise[0] == "ddpm"
     dmd2 = build_spec(_load(os.path.join(ROOT, "configs", "dmd2_sdxl.py")).get_config())
     assert (dmd2.n_critic, dmd2.gen_lr, dmd2.guidance.cfg_teacher, dmd2.guidance.cfg_fake_eval) == (5, 5e-7, 8.0, 1.0)
-    assert dmd2.discriminator and dmd2.gen_adv_weight == 5e-3 and dmd2.order == "generator_first"
+    assert dmd2.order == "generator_first" and dmd2.sigma_ladder == (1.16058,) and dmd2.gen_noise[0] == "ddpm"

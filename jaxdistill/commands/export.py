@@ -5,7 +5,9 @@ Writes a checkpoint's generator (the EMA weights by default) as a standalone fol
     generator.safetensors   the parameters, PyTorch-style keys and layouts (`jaxdistill.models.weights`)
     config.json             what rebuilds it: architecture and its arguments, the σ ladder, the teacher
 
-Mixture-run generators are residuals on the analytic teacher (`Networks.on_teacher`), so the
+For Stable Diffusion runs it writes `unet/` instead: a diffusers-format UNet folder
+(config.json + diffusion_pytorch_model.safetensors) that diffusers' PyTorch
+`UNet2DConditionModel.from_pretrained` loads. Mixture-run generators are residuals on the analytic teacher (`Networks.on_teacher`), so the
 teacher's parameters are part of config.json; the generator is D(x, σ) = teacher(x, σ) + net(x, σ).
 """
 
@@ -20,16 +22,23 @@ from flax import nnx
 from jaxdistill.commands._app import run
 from jaxdistill.commands._flags import run_dir_flags
 from jaxdistill.models.weights import module_tensors, write_safetensors
-from jaxdistill.train.program import RunError, open_run
+from jaxdistill.train.program import RunError, SDRun, open_run
 
 def export(workdir: str, out: str, *, step: int | None = None, ema: bool = True, print_fn=print) -> str:
-    targets = [os.path.join(out, name) for name in ("generator.safetensors", "config.json")]
+    targets = [os.path.join(out, name) for name in ("generator.safetensors", "config.json", "unet")]
     existing = [p for p in targets if os.path.exists(p)]
     if existing:
         raise RunError(f"{existing[0]} already exists; export into an empty folder (nothing is overwritten).")
     job = open_run(workdir, step)
     d = job.distiller
     generator = nnx.merge(d.nets.gen, d.state.ema if ema else d.state.gen)
+    if isinstance(job, SDRun):
+        # A diffusers UNet folder: drop it into a copy of the teacher's folder to use the
+        # student with diffusers' pipelines (one step, at the recipe's σ_init).
+        generator.unet.save_pretrained(targets[2])
+        print_fn(f"exported the {'EMA ' if ema else ''}generator UNet of step {int(d.state.step)} to {targets[2]} "
+                 f"(diffusers format; one step from σ={d.spec.sigma_ladder[0]:g})")
+        return targets[2]
     cfg = job.config
     config = {
         "architecture": type(generator).__name__,

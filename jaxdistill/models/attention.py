@@ -111,7 +111,8 @@ class Attention(nnx.Module):
         self.heads, self.impl = heads, impl
         self.residual_connection, self.rescale_output_factor = residual_connection, rescale_output_factor
         self.group_norm = (nnx.GroupNorm(query_dim, num_groups=norm_num_groups, epsilon=eps, dtype=jnp.float32,
-                                         param_dtype=param_dtype, rngs=rngs) if norm_num_groups else None)
+                                         param_dtype=param_dtype, use_fast_variance=False, rngs=rngs)
+                           if norm_num_groups else None)
         self.to_q = dense(query_dim, inner, use_bias=bias, axes=("embed", "heads"))
         self.to_k = dense(context_dim, inner, use_bias=bias, axes=("embed", "heads"))
         self.to_v = dense(context_dim, inner, use_bias=bias, axes=("embed", "heads"))

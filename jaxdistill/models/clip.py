@@ -37,6 +37,7 @@ import numpy as np
 from flax import nnx, struct
 
 from jaxdistill.models.attention import attention
+from jaxdistill.models.layers import abstract_module
 from jaxdistill.models.weights import (
     WeightsError,
     load_params,
@@ -261,8 +262,8 @@ class _CLIPTextBase(nnx.Module):
         config = read_config(path)
         model_cls = _class_for(config) if cls is _CLIPTextBase else cls
         try:
-            abstract = nnx.eval_shape(lambda: model_cls(config, dtype=dtype, param_dtype=param_dtype,
-                                                  attention_impl=attention_impl, rngs=nnx.Rngs(0)))
+            abstract = abstract_module(lambda rngs: model_cls(config, dtype=dtype, param_dtype=param_dtype,
+                                                              attention_impl=attention_impl, rngs=rngs))
         except ValueError as e:
             raise ValueError(f"{os.path.join(path, 'config.json')}: {e}") from e
         shardings = param_shardings(abstract, mesh, rules) if mesh is not None else None

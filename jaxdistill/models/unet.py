@@ -463,7 +463,9 @@ class UNet2DConditionModel(nnx.Module):
     # ------------------------------------------------------------------------------------ forward
 
     def __call__(self, sample: jax.Array, timestep: jax.Array, encoder_hidden_states: jax.Array,
-                 added_cond_kwargs: dict | None = None) -> jax.Array:
+                 added_cond_kwargs: dict | None = None, return_mid_block: bool = False):
+        """The prediction [B, H, W, C_out]; with `return_mid_block=True` also the mid-block's
+        output [B, h, w, C_mid] (the bottleneck features a DMD2-style discriminator head reads)."""
         b, h, w, _ = sample.shape
         factor = 2 ** self.num_upsamplers
         if h % factor or w % factor:
@@ -499,10 +501,12 @@ class UNet2DConditionModel(nnx.Module):
             skips.extend(outputs)
         if self.mid_block is not None:
             x = self.mid_block(x, emb, context)
+        mid = x
         for block in self.up_blocks:
             x = block(x, skips, emb, context)
         x = jax.nn.silu(norm(self.conv_norm_out, x))
-        return self.conv_out(x)
+        out = self.conv_out(x)
+        return (out, mid) if return_mid_block else out
 
     # ------------------------------------------------------------------------------------ weights
 

@@ -42,6 +42,7 @@ from flax import nnx
 
 from jaxdistill.models.attention import Attention
 from jaxdistill.models.layers import (
+    abstract_module,
     Downsample2D,
     ResnetBlock2D,
     Upsample2D,
@@ -344,7 +345,7 @@ class AutoencoderKL(nnx.Module):
         config = read_config(folder)
         normalize_config(config)  # refuse unsupported configs before touching the weights
         source = open_weights(folder, stems=(WEIGHTS_NAME,), variant=variant)
-        abstract = nnx.eval_shape(lambda: cls(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
+        abstract = abstract_module(lambda rngs: cls(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs))
         shardings = param_shardings(abstract, mesh, rules) if mesh is not None else None
         return load_params(abstract, source, dtype=param_dtype, shardings=shardings)
 

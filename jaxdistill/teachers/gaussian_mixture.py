@@ -238,8 +238,8 @@ def mixture_problem(gm: GaussianMixture):
     are exact mixture samples of those labels."""
     from jaxdistill.train.step import Problem
 
-    def sample_conditions(key, n):
-        cond = gm.sample_labels(key, n) if gm.num_classes > 1 else jnp.zeros((n,), jnp.int32)
+    def sample_conditions(teacher, key, n):
+        cond = teacher.sample_labels(key, n) if gm.num_classes > 1 else jnp.zeros((n,), jnp.int32)
         return cond, jnp.full((n,), NULL_LABEL, jnp.int32)
 
     return Problem(

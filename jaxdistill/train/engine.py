@@ -61,7 +61,7 @@ class Distiller:
             step=P(), key=P())
         self.state_sharding = shd.named(self.mesh, self.state_specs)
         state = init_state(gen_params, critic_params, self.gen_tx, self.critic_tx, seed)
-        self.state = jax.device_put(state, self.state_sharding)
+        self.state = _unaliased(jax.device_put(state, self.state_sharding))
         batch = shd.batch_sharding(self.mesh)
         step = make_train_step(spec, problem, self.nets, self.gen_tx, self.critic_tx, batch_size,
                                constrain=lambda x: jax.lax.with_sharding_constraint(x, batch))
@@ -96,15 +96,16 @@ class Distiller:
         """Teacher parameters are replicated (frozen, never in an optimizer or a checkpoint)."""
         return jax.tree.map(lambda _: NamedSharding(self.mesh, P()), teacher_params)
 
-    def compile(self, teacher_params: Any):
-        """Lower and compile the step once (explicit shardings, donated state)."""
+    def compile(self, teacher_params: Any, compiler_options: dict | None = None):
+        """Lower and compile the step once (explicit shardings, donated state); `compiler_options`
+        are XLA options for this compilation (e.g. a cheaper CPU optimisation level in tests)."""
         if self._compiled is None:
             t_sh = self.teacher_sharding(teacher_params)
             jitted = jax.jit(self._step_fn, in_shardings=(self.state_sharding, t_sh),
                              out_shardings=(self.state_sharding, NamedSharding(self.mesh, P())),
                              donate_argnums=0)
             start = time.perf_counter()
-            self._compiled = jitted.lower(self.state, teacher_params).compile()
+            self._compiled = jitted.lower(self.state, teacher_params).compile(compiler_options or None)
             self.compile_seconds = time.perf_counter() - start
         return self._compiled
 
@@ -151,3 +152,18 @@ class Distiller:
             fn = jax.vmap(run_one, in_axes=(None, None, 0, 0)) if per_seed else run
             self._samplers[(num_steps, per_seed)] = jax.jit(fn)
         return self._samplers[(num_steps, per_seed)]
+
+
+def _unaliased(state: Any) -> Any:
+    """The state with every leaf in its own buffer: generator and critic copied from one teacher
+    share arrays, and a donated step may not receive one buffer twice."""
+    seen = set()
+
+    def own(x):
+        buffers = tuple(s.data.unsafe_buffer_pointer() for s in x.addressable_shards)
+        if buffers in seen:
+            return jnp.copy(x)
+        seen.add(buffers)
+        return x
+
+    return jax.tree.map(own, state)

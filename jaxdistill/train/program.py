@@ -48,7 +48,8 @@ class RunError(RuntimeError):
 
 @dataclasses.dataclass
 class Run:
-    """A built run: its config, the frozen teacher and the `Distiller` holding the state."""
+    """A built run: its config, the frozen teacher's parameters and the `Distiller` holding the
+    state. Subclasses know their teacher kind's conditions, pictures and metrics."""
 
     config: ml_collections.ConfigDict
     teacher: Any
@@ -58,15 +59,30 @@ class Run:
     def resolved(self) -> dict:
         return json.loads(self.config.to_json())
 
+    def conditions(self, n: int) -> Any:
+        raise NotImplementedError
+
+    def picture(self, seeds, num_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def evaluate(self, num: int, num_steps: int | None = None, seed: int = 1) -> dict:
+        raise NotImplementedError
+
+    def _samples(self, seeds, num_steps):
+        return self.distiller.sample_seeds(seeds, self.conditions(len(seeds)), self.teacher, num_steps=num_steps)
+
+
+class MixtureRun(Run):
+    """An analytic Gaussian-mixture teacher: exact metrics, density plots."""
+
     def conditions(self, n: int) -> jax.Array:
-        """Conditions of n fixed-seed samples: class labels cycled 0..C−1 (all 0 when unconditional)."""
+        """Class labels cycled 0..C−1 (all 0 when unconditional)."""
         classes = max(int(self.teacher.num_classes), 1)
         return jnp.arange(n, dtype=jnp.int32) % classes
 
     def picture(self, seeds, num_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(samples, uint8 picture) of the EMA generator at `seeds`, over exact teacher samples."""
-        cond = self.conditions(len(seeds))
-        x = np.asarray(self.distiller.sample_seeds(seeds, cond, self.teacher, num_steps=num_steps))
+        """(samples, uint8 density plot) of the EMA generator at `seeds`, over exact teacher samples."""
+        x = np.asarray(self._samples(seeds, num_steps))
         reference = np.asarray(self.teacher.sample(jax.random.key(0), 4096))
         return x, render_samples(x, reference)
 
@@ -87,7 +103,57 @@ class Run:
         return {"step": int(self.distiller.state.step), "generator_steps": steps, "samples": num, **rows}
 
 
+@dataclasses.dataclass
+class SDRun(Run):
+    """A Stable Diffusion teacher: latents decoded by the folder's VAE for pictures; metrics
+    against the teacher's own guided DDIM sampler from the same noise and prompts."""
+
+    sd: Any = None
+
+    def conditions(self, n: int) -> dict:
+        from jaxdistill.teachers.stable_diffusion import conditions_for
+
+        return conditions_for(self.teacher["prompts"], n)
+
+    def _decode(self, latents) -> np.ndarray:
+        return np.asarray(jax.jit(lambda z: self.sd.vae.images_from_latents(z))(latents))
+
+    def picture(self, seeds, num_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        images = self._decode(self._samples(seeds, num_steps))
+        return images, render_samples(images)
+
+    def evaluate(self, num: int, num_steps: int | None = None, seed: int = 1, teacher_steps: int = 25) -> dict:
+        """Latent distance to the teacher's guided DDIM samples (same noise and prompts: the
+        one-step map's error against the ODE it distils), and the latents' statistics beside
+        the teacher's."""
+        from jaxdistill.diffusion import ddim
+        from jaxdistill.guidance import guided
+
+        d = self.distiller
+        seeds = np.arange(seed * 100_000, seed * 100_000 + num)
+        student = np.asarray(self._samples(seeds, num_steps))
+        cond = self.conditions(num)
+        null = jax.tree.map(lambda a: jnp.broadcast_to(a[0], (num,) + a.shape[1:]), self.teacher["prompts"]["null"])
+        keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
+        z = jax.vmap(lambda k: jax.random.normal(jax.random.split(k)[0], d.problem.event_shape))(keys)
+        sigmas = self.sd.schedule.sampling_sigmas(teacher_steps, spacing="trailing")
+        scale = d.spec.guidance.cfg_teacher
+
+        @jax.jit
+        def teacher_samples(teacher, z, cond, null):
+            den = guided(lambda x, s, c: d.problem.teacher_apply(teacher, x, s, c), cond, null, scale)
+            return ddim(den, z * float(np.sqrt(sigmas[0] ** 2 + 1)) / float(sigmas[0]), sigmas)
+
+        reference = np.asarray(teacher_samples(self.teacher, z, cond, null))
+        return {"step": int(d.state.step), "generator_steps": num_steps or d.spec.num_steps, "samples": num,
+                "teacher": f"DDIM {teacher_steps} steps, CFG {scale}",
+                "latent_rmse_to_teacher": float(np.sqrt(np.mean((student - reference) ** 2))),
+                "latent_std": float(student.std()), "teacher_latent_std": float(reference.std()),
+                "latent_mean": float(student.mean()), "teacher_latent_mean": float(reference.mean())}
+
+
 def build_teacher(teacher: ml_collections.ConfigDict):
+    """The mixture a `teacher` section describes (kind 'mixture'); SD folders go through `build_run`."""
     if teacher.kind == "mixture":
         return ring_mixture(num_modes=teacher.num_modes, radius=teacher.radius, std=teacher.std,
                             num_classes=teacher.get("num_classes", 1))
@@ -100,23 +166,69 @@ def build_teacher(teacher: ml_collections.ConfigDict):
                 "is network (e.g. `huggingface-cli download <repo> --local-dir /models/sd15`) and pass "
                 "--config.teacher.path=/models/sd15."
             )
-        raise RunError(f"teacher.kind='diffusers' ({path}): distilling Stable Diffusion folders is not wired into "
-                       "this build yet; the analytic-mixture recipes (configs/mixture_*.py) run now.")
+        return None
     raise RunError(f"teacher.kind={teacher.kind!r} is unknown; expected 'mixture' or 'diffusers'.")
+
+
+def _mesh(config):
+    shape = tuple(config.mesh.shape)
+    if math.prod(shape) > jax.device_count():
+        raise RunError(f"mesh.shape={shape} needs {math.prod(shape)} devices; {jax.device_count()} are visible. "
+                       f"Set --config.mesh.shape to a shape whose product is at most {jax.device_count()}.")
+    return make_mesh(shape, jax.devices()[: math.prod(shape)])
 
 
 def build_run(config: ml_collections.ConfigDict) -> Run:
     """The teacher, mesh and `Distiller` (fresh state) a config describes."""
     teacher = build_teacher(config.teacher)
-    shape = tuple(config.mesh.shape)
-    if math.prod(shape) > jax.device_count():
-        raise RunError(f"mesh.shape={shape} needs {math.prod(shape)} devices; {jax.device_count()} are visible. "
-                       f"Set --config.mesh.shape to a shape whose product is at most {jax.device_count()}.")
-    mesh = make_mesh(shape, jax.devices()[: math.prod(shape)])
+    mesh = _mesh(config)
     t = config.train
+    if config.teacher.kind == "diffusers":
+        return _build_sd_run(config, mesh)
     d = toy_distiller(teacher, build_spec(config), batch_size=t.batch_size, hidden=config.model.hidden,
                       depth=config.model.depth, seed=t.seed, mesh=mesh)
-    return Run(config, teacher, d)
+    return MixtureRun(config, teacher, d)
+
+
+def _build_sd_run(config: ml_collections.ConfigDict, mesh) -> SDRun:
+    from flax import nnx
+
+    from jaxdistill.models import DiscriminatorHead
+    from jaxdistill.models.weights import WeightsError
+    from jaxdistill.teachers.stable_diffusion import (StableDiffusion, UNetDenoiser, prompt_bank, read_prompts,
+                                                      sd_problem)
+
+    tc, m = config.teacher, config.model
+    spec = build_spec(config)
+    try:
+        prompts = read_prompts(tc.prompts)
+        sd = StableDiffusion.from_pretrained(tc.path, dtype=jnp.dtype(m.compute_dtype),
+                                             param_dtype=jnp.dtype(m.param_dtype), attention_impl=m.attention,
+                                             remat=m.remat, variant=tc.variant or None)
+        bank = prompt_bank(sd, prompts, tc.resolution)
+        shape = sd.latent_shape(tc.resolution)
+    except (WeightsError, FileNotFoundError, ValueError) as e:
+        raise RunError(f"cannot load the teacher in teacher.path={tc.path!r}: {e}") from e
+    if not m.init_from_teacher:
+        raise RunError("model.init_from_teacher=False is not supported: SD generators and critics start from the "
+                       "teacher's UNet (SiD, DMD2); set it to True.")
+    unet_def, unet_params = nnx.split(sd.unet, nnx.Param)
+    teacher = {"unet": nnx.to_pure_dict(unet_params), "prompts": bank}
+    problem = sd_problem(sd, unet_def, tc.resolution)
+    assert problem.event_shape == shape
+    # Own copies of the teacher's weights: the train step donates the state, never the teacher.
+    def copy_of_teacher():
+        graphdef, state = nnx.split(sd.unet)
+        return UNetDenoiser(nnx.merge(graphdef, jax.tree.map(jnp.copy, state)), sd.schedule)
+
+    gen, critic = copy_of_teacher(), copy_of_teacher()
+    head = None
+    if spec.discriminator:
+        channels = sd.unet.config["block_out_channels"][-1]
+        head = DiscriminatorHead(channels, channels, rngs=nnx.Rngs(config.train.seed + 2))
+    d = Distiller(spec, problem, gen, critic, head, batch_size=config.train.batch_size, mesh=mesh,
+                  seed=config.train.seed)
+    return SDRun(config, teacher, d, sd)
 
 
 def _check_compatible(saved: dict, config: dict, workdir: str) -> None:
@@ -187,7 +299,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, print_fn=print) ->
             print_fn(f"resumed from step {int(d.state.step)} in {ckpt.directory}")
         with open(os.path.join(workdir, "config.json"), "w") as f:
             json.dump(run.resolved, f, indent=2)
-        step_fn = d.compile(run.teacher)
+        step_fn = d.compile(run.teacher, dict(t.get("compiler_options") or {}))
         print_fn(f"compiled the train step in {d.compile_seconds:.1f} s; method {d.spec.name}, "
                  f"mesh {tuple(config.mesh.shape)}")
         stop = _StopFlag()

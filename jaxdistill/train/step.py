@@ -37,7 +37,8 @@ sg = jax.lax.stop_gradient
 class Problem:
     """What is distilled: the frozen teacher and where (data-free) conditions come from.
 
-    teacher_apply(teacher_params, x, σ, cond) -> x̂_0; sample_conditions(key, n) -> (cond, uncond);
+    teacher_apply(teacher_params, x, σ, cond) -> x̂_0; sample_conditions(teacher_params, key, n) ->
+    (cond, uncond) (conditions may live in the teacher's pytree, e.g. a bank of prompt embeddings);
     sample_real(key, cond) -> x_0 (only for a discriminator trained on real data).
     """
 
@@ -145,7 +146,7 @@ def make_train_step(
 
     def sample_generator(gen_params, teacher_params, key, k):
         k_c, k_z, k_n = jax.random.split(key, 3)
-        cond, uncond = constrain_tree(problem.sample_conditions(k_c, b))
+        cond, uncond = constrain_tree(problem.sample_conditions(teacher_params, k_c, b))
         z = constrain(jax.random.normal(k_z, shape))
         x_g = generate_train(lambda x, s: nets.gen_apply(gen_params, teacher_params, x, s, cond), z, ladder, k, k_n)
         return x_g, cond, uncond

@@ -1,0 +1,193 @@
+"""A Stable Diffusion teacher from a diffusers-format folder, as the engine sees it (design §7).
+
+    folder/model_index.json, scheduler/, unet/, vae/, text_encoder/, tokenizer/
+           [text_encoder_2/, tokenizer_2/  (SDXL)]
+
+`StableDiffusion.from_pretrained(folder)` loads every part through jaxdistill's own NNX modules
+(safetensors only). Prompts are tokenised and encoded once, outside the differentiated graph,
+into a *prompt bank*: a pytree of per-prompt conditioning arrays that travels with the teacher's
+parameters, so drawing conditions inside the compiled step is a gather, not a text-encoder call.
+
+Conditioning (a dict pytree, batch first):
+
+    SD1.x / SD2.x   {"context": last hidden state of the text encoder [B, L, D]}
+    SDXL            {"context": penultimate states of both encoders, concatenated [B, L, 768+1280],
+                     "text_embeds": projected pooled output of encoder 2 [B, 1280],
+                     "time_ids": (H, W, crop_top, crop_left, H, W) [B, 6]}
+
+The null condition is the empty prompt's encoding, or zeros where the folder's
+`force_zeros_for_empty_prompt` says so (SDXL; DMD2 uses zeros too). Distillation runs in the
+VAE's latent space; the VAE only decodes samples for pictures and metrics.
+
+`UNetDenoiser` wraps a UNet as the σ-space denoiser D(x, σ, cond) → x̂_0 the engine trains:
+the UNet's input is x/√(1+σ²) at the timestep t(σ) of the folder's scheduler table, and its ε,
+v or x_0 output is mapped to x̂_0 (`jaxdistill.diffusion.make_denoiser`). Generator and critic
+are such wrappers around copies of the teacher's UNet (SiD, DMD2 initialise both from it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxdistill.diffusion import VPSchedule, make_denoiser
+from jaxdistill.models import clip
+from jaxdistill.models.unet import UNet2DConditionModel
+from jaxdistill.models.vae import AutoencoderKL
+from jaxdistill.models.weights import WeightsError, read_config
+
+ENCODE_BATCH = 64  # prompts per text-encoder call when building a prompt bank
+
+
+class UNetDenoiser(nnx.Module):
+    """σ-space denoiser of a diffusers UNet: `(x, σ [B], cond) -> x̂_0`; `forward` also returns the
+    mid-block features averaged over space (the critic's bottleneck for a discriminator head)."""
+
+    def __init__(self, unet: UNet2DConditionModel, schedule: VPSchedule):
+        self.unet = unet
+        self.schedule = schedule
+
+    def forward(self, x: jax.Array, sigma: jax.Array, cond: dict) -> tuple[jax.Array, jax.Array]:
+        feats = []
+
+        def net(x_in, t):
+            out, mid = self.unet(x_in, t, cond["context"], _added(cond), return_mid_block=True)
+            feats.append(jnp.mean(mid.astype(jnp.float32), axis=(1, 2)))
+            return out.astype(x_in.dtype)
+
+        x0 = make_denoiser(net, self.schedule.prediction_type, self.schedule)(x, sigma)
+        return x0, feats[0]
+
+    def __call__(self, x: jax.Array, sigma: jax.Array, cond: dict) -> jax.Array:
+        net = lambda x_in, t: self.unet(x_in, t, cond["context"], _added(cond)).astype(x_in.dtype)  # noqa: E731
+        return make_denoiser(net, self.schedule.prediction_type, self.schedule)(x, sigma)
+
+
+def _added(cond: dict) -> dict | None:
+    return {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]} if "text_embeds" in cond else None
+
+
+class StableDiffusion:
+    """The parts of a diffusers SD / SDXL folder, as NNX modules, plus its VP schedule."""
+
+    def __init__(self, folder: str, unet, vae, text_encoders: list, tokenizers: list, schedule: VPSchedule,
+                 zeros_for_empty_prompt: bool):
+        self.folder, self.unet, self.vae = folder, unet, vae
+        self.text_encoders, self.tokenizers, self.schedule = text_encoders, tokenizers, schedule
+        self.zeros_for_empty_prompt = zeros_for_empty_prompt
+        self.is_sdxl = len(text_encoders) == 2
+        self._encode = jax.jit(self._encode_ids)
+
+    @classmethod
+    def from_pretrained(cls, folder: str, *, dtype=None, param_dtype=jnp.float32, attention_impl: str = "xla",
+                        remat: str = "none", variant: str | None = None) -> "StableDiffusion":
+        index = os.path.join(folder, "model_index.json")
+        if not os.path.isfile(index):
+            raise WeightsError(f"{folder} is not a diffusers model folder: {index} is missing. Point at the folder "
+                               "holding model_index.json, unet/, vae/, text_encoder/, tokenizer/ and scheduler/.")
+        with open(index) as f:
+            model_index = json.load(f)
+        for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+            if part not in model_index or not os.path.isdir(os.path.join(folder, part)):
+                raise WeightsError(f"{folder}: model_index.json or the folder lacks '{part}'; a Stable Diffusion "
+                                   "folder has unet/, vae/, text_encoder/, tokenizer/ and scheduler/.")
+        schedule = VPSchedule.from_config(read_config(os.path.join(folder, "scheduler"), "scheduler_config.json"))
+        unet = UNet2DConditionModel.from_pretrained(os.path.join(folder, "unet"), dtype=dtype, param_dtype=param_dtype,
+                                                    attention_impl=attention_impl, remat=remat, variant=variant)
+        vae = AutoencoderKL.from_pretrained(os.path.join(folder, "vae"), dtype=dtype, param_dtype=param_dtype,
+                                            variant=variant)
+        parts = [("text_encoder", "tokenizer")]
+        if "text_encoder_2" in model_index and os.path.isdir(os.path.join(folder, "text_encoder_2")):
+            parts.append(("text_encoder_2", "tokenizer_2"))
+        encoders = [clip.from_pretrained(os.path.join(folder, enc), dtype=dtype, param_dtype=param_dtype,
+                                         attention_impl=attention_impl, variant=variant) for enc, _ in parts]
+        tokenizers = [clip.load_tokenizer(folder, tok) for _, tok in parts]
+        zeros = bool(model_index.get("force_zeros_for_empty_prompt", False))
+        return cls(folder, unet, vae, encoders, tokenizers, schedule, zeros)
+
+    # ------------------------------------------------------------------------------ prompts
+
+    def _encode_ids(self, ids: list, size: jax.Array) -> dict:
+        if not self.is_sdxl:
+            return {"context": self.text_encoders[0](ids[0]).last_hidden_state}
+        outs = [enc(i, output_hidden_states=True) for enc, i in zip(self.text_encoders, ids)]
+        context = jnp.concatenate([o.hidden_states[-2] for o in outs], axis=-1)
+        b = context.shape[0]
+        time_ids = jnp.broadcast_to(jnp.stack([size[0], size[1], 0, 0, size[0], size[1]]).astype(jnp.float32), (b, 6))
+        return {"context": context, "text_embeds": outs[1].text_embeds, "time_ids": time_ids}
+
+    def encode_prompts(self, prompts: Sequence[str], resolution: int) -> dict:
+        """The conditioning of each prompt (see the module docstring), as device arrays."""
+        out = []
+        size = jnp.asarray([resolution, resolution], jnp.float32)
+        for start in range(0, len(prompts), ENCODE_BATCH):
+            chunk = list(prompts[start:start + ENCODE_BATCH])
+            ids = [jnp.asarray(clip.tokenize(tok, chunk)) for tok in self.tokenizers]
+            enc = self._encode(ids, size)
+            if self.zeros_for_empty_prompt:  # the embeddings, not the size ids
+                empty = jnp.asarray([p == "" for p in chunk])
+                for k in ("context", "text_embeds"):
+                    if k in enc:
+                        enc[k] = jnp.where(empty.reshape((-1,) + (1,) * (enc[k].ndim - 1)), 0.0, enc[k])
+            out.append(enc)
+        return jax.tree.map(lambda *a: jnp.concatenate(a, axis=0), *out)
+
+    def latent_shape(self, resolution: int) -> tuple:
+        f = self.vae.downsample_factor
+        if resolution % (f * 2 ** self.unet.num_upsamplers):
+            raise ValueError(f"resolution {resolution} must be a multiple of {f * 2 ** self.unet.num_upsamplers} "
+                             f"(VAE factor {f} × UNet factor {2 ** self.unet.num_upsamplers}).")
+        return (resolution // f, resolution // f, self.unet.config["in_channels"])
+
+
+def prompt_bank(sd: StableDiffusion, prompts: Sequence[str], resolution: int) -> dict:
+    """{"cond": per-prompt conditioning [P, ...], "null": the empty prompt's [1, ...]}."""
+    if not prompts:
+        raise ValueError("the prompt list is empty; give at least one prompt (one per line in teacher.prompts).")
+    return {"cond": sd.encode_prompts(list(prompts), resolution), "null": sd.encode_prompts([""], resolution)}
+
+
+def read_prompts(path: str) -> list[str]:
+    """One prompt per non-empty line of a UTF-8 text file."""
+    if not path or not os.path.isfile(path):
+        raise FileNotFoundError(f"teacher.prompts={path!r} is not a file; give a text file with one prompt per line "
+                                "(--config.teacher.prompts=prompts.txt).")
+    with open(path, encoding="utf-8") as f:
+        prompts = [line.strip() for line in f if line.strip()]
+    if not prompts:
+        raise ValueError(f"{path} holds no prompts; write one prompt per line.")
+    return prompts
+
+
+def sd_problem(sd: StableDiffusion, unet_graphdef: Any, resolution: int):
+    """The distillation `Problem` of an SD teacher whose parameters are
+    {"unet": UNet params (pure dict), "prompts": prompt_bank(...)}."""
+    from jaxdistill.train.step import Problem
+
+    def teacher_apply(teacher, x, sigma, cond):
+        unet = nnx.merge(unet_graphdef, teacher["unet"])
+        return UNetDenoiser(unet, sd.schedule)(x, sigma, cond)
+
+    def sample_conditions(teacher, key, n):
+        bank = teacher["prompts"]
+        count = jax.tree.leaves(bank["cond"])[0].shape[0]
+        idx = jax.random.randint(key, (n,), 0, count)
+        cond = jax.tree.map(lambda a: a[idx], bank["cond"])
+        uncond = jax.tree.map(lambda a: jnp.broadcast_to(a[0], (n,) + a.shape[1:]), bank["null"])
+        return cond, uncond
+
+    return Problem(event_shape=sd.latent_shape(resolution), teacher_apply=teacher_apply,
+                   sample_conditions=sample_conditions)
+
+
+def conditions_for(bank: dict, n: int) -> dict:
+    """Conditioning of n fixed samples: the bank's prompts cycled."""
+    count = jax.tree.leaves(bank["cond"])[0].shape[0]
+    idx = np.arange(n) % count
+    return jax.tree.map(lambda a: a[idx], bank["cond"])
