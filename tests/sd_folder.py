@@ -18,8 +18,9 @@ WORDS = ["a", "red", "blue", "circle", "square", "photo", "of"]
 MAX_TOKENS = 16
 
 
-def _write_tokenizer(folder: str) -> int:
-    """CLIP's BPE format with one token per word of WORDS; returns the vocabulary size."""
+def write_tokenizer(folder: str, max_length: int = MAX_TOKENS) -> int:
+    """A tiny byte-level BPE vocabulary in CLIP's format (single characters, their end-of-word
+    forms, and the merges that make each of WORDS one token); returns the vocabulary size."""
     chars = sorted({c for w in WORDS for c in w})
     vocab = chars + [c + "</w>" for c in chars]
     merges = []
@@ -36,7 +37,7 @@ def _write_tokenizer(folder: str) -> int:
     with open(os.path.join(folder, "merges.txt"), "w") as f:
         f.write("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
     with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
-        json.dump({"model_max_length": MAX_TOKENS, "tokenizer_class": "CLIPTokenizer"}, f)
+        json.dump({"model_max_length": max_length, "tokenizer_class": "CLIPTokenizer"}, f)
     return len(vocab)
 
 
@@ -48,7 +49,7 @@ def make_tiny_sd(folder: str, kind: str = "sd15", prediction_type: str = "epsilo
 
     torch.manual_seed(seed)
     os.makedirs(folder, exist_ok=True)
-    vocab = _write_tokenizer(os.path.join(folder, "tokenizer"))
+    vocab = write_tokenizer(os.path.join(folder, "tokenizer"))
     bos, eos = vocab - 2, vocab - 1
     text = dict(vocab_size=vocab, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
                 max_position_embeddings=MAX_TOKENS, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
@@ -62,7 +63,7 @@ def make_tiny_sd(folder: str, kind: str = "sd15", prediction_type: str = "epsilo
              "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
              "vae": ["diffusers", "AutoencoderKL"]}
     if kind == "sdxl":
-        _write_tokenizer(os.path.join(folder, "tokenizer_2"))
+        write_tokenizer(os.path.join(folder, "tokenizer_2"))
         transformers.CLIPTextModelWithProjection(
             transformers.CLIPTextConfig(hidden_act="gelu", projection_dim=32, **text)).save_pretrained(
             os.path.join(folder, "text_encoder_2"))

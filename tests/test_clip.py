@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from jaxdistill.models import clip  # noqa: E402
 from jaxdistill.models.weights import WeightsError, module_tensors  # noqa: E402
 from jaxdistill.train.sharding import make_mesh  # noqa: E402
+from sd_folder import write_tokenizer  # noqa: E402
 
 TINY = dict(vocab_size=100, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
             max_position_embeddings=16, projection_dim=24, bos_token_id=0, pad_token_id=1)
@@ -181,33 +182,8 @@ def test_errors(folders, tmp_path):
 
 # ----------------------------------------------------------------------------- tokenizer
 
-WORDS = ["a", "red", "blue", "circle", "square", "photo", "of"]
-
-
-def _write_tokenizer(folder) -> None:
-    """A tiny byte-level BPE vocabulary in CLIP's format: single characters (and their
-    end-of-word forms) plus the merges that make each of WORDS one token."""
-    chars = sorted({c for w in WORDS for c in w})
-    vocab = chars + [c + "</w>" for c in chars]
-    merges = []
-    for w in WORDS:
-        parts = list(w[:-1]) + [w[-1] + "</w>"]
-        while len(parts) > 1:
-            merges.append(f"{parts[0]} {parts[1]}")
-            parts = [parts[0] + parts[1]] + parts[2:]
-            vocab.append(parts[0])
-    vocab = list(dict.fromkeys(vocab)) + ["<|startoftext|>", "<|endoftext|>"]
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "vocab.json"), "w") as f:
-        json.dump({t: i for i, t in enumerate(vocab)}, f)
-    with open(os.path.join(folder, "merges.txt"), "w") as f:
-        f.write("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
-    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
-        json.dump({"model_max_length": 8, "tokenizer_class": "CLIPTokenizer"}, f)
-
-
 def test_tokenizer(tmp_path):
-    _write_tokenizer(str(tmp_path / "tokenizer"))
+    write_tokenizer(str(tmp_path / "tokenizer"), max_length=8)
     tok = clip.load_tokenizer(str(tmp_path))  # model root with a tokenizer/ subfolder
     vocab = json.loads((tmp_path / "tokenizer" / "vocab.json").read_text())
     bos, eos = vocab["<|startoftext|>"], vocab["<|endoftext|>"]
