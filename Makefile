@@ -28,14 +28,16 @@ demo: $(VENV)/.installed
 # pytest's own exit code is the result: 5 (no tests collected) fails the build like any failure.
 # Two sessions: everything on 8 fake CPU devices, then the long single-device trainings on one
 # (tests/conftest.py says why).
-# `heavy` tests (end-to-end Stable Diffusion training on a tiny folder, ~2 min) stay out of
-# `make test` to keep it under CI's 10 minutes; `make test-all` runs everything.
+# `heavy` tests (end-to-end Stable Diffusion training on a tiny folder, few-step SiD and the
+# guidance distillations on the mixture: about 4 min together) stay out of `make test` to keep
+# it under CI's 10 minutes; `make test-all` runs everything.
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -q -m "not single_device and not heavy"
-	JAXDISTILL_TEST_CPU_DEVICES=1 $(PY) -m pytest -n $(PYTEST_WORKERS) -q -m single_device
+	JAXDISTILL_TEST_CPU_DEVICES=1 $(PY) -m pytest -n $(PYTEST_WORKERS) -q -m "single_device and not heavy"
 
 test-all: test
-	$(PY) -m pytest -n $(PYTEST_WORKERS) -q -m heavy
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -q -m "heavy and not single_device"
+	JAXDISTILL_TEST_CPU_DEVICES=1 $(PY) -m pytest -n $(PYTEST_WORKERS) -q -m "heavy and single_device"
 
 clean:
 	rm -rf $(VENV)

@@ -45,6 +45,7 @@ def test_exact_cfg_moves_class0_to_its_distinctive_mode():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # each guidance distillation takes 15-25 s: `make test-all`, not CI's `make test`
 @pytest.mark.single_device
 def test_no_guidance_reproduces_the_conditional_distribution():
     run = _distill("none")
@@ -56,6 +57,7 @@ def test_no_guidance_reproduces_the_conditional_distribution():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.single_device
 @pytest.mark.parametrize("preset, kappa", [("zero_cfg", 1.0), ("anti_cfg", -1.0)])
 def test_zero_and_anti_cfg_move_samples_like_exact_cfg(preset, kappa):

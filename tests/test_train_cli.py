@@ -148,14 +148,16 @@ def test_cli_run_then_sample_eval_export_info_and_a_corrupted_checkpoint(tmp_pat
     assert _tree_bytes(workdir / "checkpoints") == before
 
 
-def test_resume_after_sigkill_is_bit_identical(tmp_path):
+# One kill point in CI's `make test`; three in `make test-all`.
+@pytest.mark.parametrize("kills", [1, pytest.param(3, marks=pytest.mark.heavy)])
+def test_resume_after_sigkill_is_bit_identical(tmp_path, kills):
     steps, overrides = 12, ("--config.train.steps=12", "--config.train.checkpoint_every=1")
     straight = tmp_path / "straight"
     # The uninterrupted reference runs in-process: the same program the CLI runs.
     train(_tiny(steps=steps, checkpoint_every=1), str(straight), print_fn=lambda *_: None)
     reference = _final_state(straight, steps)
     rng = np.random.default_rng(0)
-    for kill_after in sorted(rng.choice(np.arange(2, 10), size=2, replace=False)):
+    for kill_after in sorted(rng.choice(np.arange(2, 10), size=kills, replace=False)):
         workdir = tmp_path / f"killed_{kill_after}"
         proc = subprocess.Popen(_cmd(workdir, *overrides), env=ENV, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
