@@ -19,6 +19,7 @@ checkpoints.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -83,8 +84,12 @@ class MixtureRun(Run):
     def picture(self, seeds, num_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(samples, uint8 density plot) of the EMA generator at `seeds`, over exact teacher samples."""
         x = np.asarray(self._samples(seeds, num_steps))
-        reference = np.asarray(self.teacher.sample(jax.random.key(0), 4096))
-        return x, render_samples(x, reference)
+        return x, render_samples(x, self._reference)
+
+    @functools.cached_property
+    def _reference(self) -> np.ndarray:
+        """Exact teacher samples drawn once: the grey background of every density plot."""
+        return np.asarray(self.teacher.sample(jax.random.key(0), 4096))
 
     def evaluate(self, num: int, num_steps: int | None = None, seed: int = 1) -> dict:
         """Metrics of the EMA generator against the exact teacher, per class for conditional teachers."""
@@ -109,26 +114,46 @@ class SDRun(Run):
     against the teacher's own guided DDIM sampler from the same noise and prompts."""
 
     sd: Any = None
+    _teacher_samplers: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def conditions(self, n: int) -> dict:
         from jaxdistill.teachers.stable_diffusion import conditions_for
 
         return conditions_for(self.teacher["prompts"], n)
 
-    def _decode(self, latents) -> np.ndarray:
-        return np.asarray(jax.jit(lambda z: self.sd.vae.images_from_latents(z))(latents))
+    @functools.cached_property
+    def _decode(self):
+        """Latents -> images, compiled once per run."""
+        return jax.jit(self.sd.vae.images_from_latents)
 
     def picture(self, seeds, num_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        images = self._decode(self._samples(seeds, num_steps))
+        images = np.asarray(self._decode(self._samples(seeds, num_steps)))
         return images, render_samples(images)
+
+    def _teacher_sampler(self, teacher_steps: int):
+        """The teacher's guided DDIM from the noise z (the student's own noise), compiled once per
+        step count."""
+        if teacher_steps in self._teacher_samplers:
+            return self._teacher_samplers[teacher_steps]
+        from jaxdistill.diffusion import ddim
+        from jaxdistill.guidance import guided
+
+        d = self.distiller
+        sigmas = self.sd.schedule.sampling_sigmas(teacher_steps, spacing="trailing")
+        scale = d.spec.guidance.cfg_teacher
+
+        @jax.jit
+        def run(teacher, z, cond, null):
+            den = guided(lambda x, s, c: d.problem.teacher_apply(teacher, x, s, c), cond, null, scale)
+            return ddim(den, z * float(np.sqrt(sigmas[0] ** 2 + 1)) / float(sigmas[0]), sigmas)
+
+        self._teacher_samplers[teacher_steps] = run
+        return run
 
     def evaluate(self, num: int, num_steps: int | None = None, seed: int = 1, teacher_steps: int = 25) -> dict:
         """Latent distance to the teacher's guided DDIM samples (same noise and prompts: the
         one-step map's error against the ODE it distils), and the latents' statistics beside
         the teacher's."""
-        from jaxdistill.diffusion import ddim
-        from jaxdistill.guidance import guided
-
         d = self.distiller
         seeds = np.arange(seed * 100_000, seed * 100_000 + num)
         student = np.asarray(self._samples(seeds, num_steps))
@@ -136,15 +161,8 @@ class SDRun(Run):
         null = jax.tree.map(lambda a: jnp.broadcast_to(a[0], (num,) + a.shape[1:]), self.teacher["prompts"]["null"])
         keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
         z = jax.vmap(lambda k: jax.random.normal(jax.random.split(k)[0], d.problem.event_shape))(keys)
-        sigmas = self.sd.schedule.sampling_sigmas(teacher_steps, spacing="trailing")
+        reference = np.asarray(self._teacher_sampler(teacher_steps)(self.teacher, z, cond, null))
         scale = d.spec.guidance.cfg_teacher
-
-        @jax.jit
-        def teacher_samples(teacher, z, cond, null):
-            den = guided(lambda x, s, c: d.problem.teacher_apply(teacher, x, s, c), cond, null, scale)
-            return ddim(den, z * float(np.sqrt(sigmas[0] ** 2 + 1)) / float(sigmas[0]), sigmas)
-
-        reference = np.asarray(teacher_samples(self.teacher, z, cond, null))
         return {"step": int(d.state.step), "generator_steps": num_steps or d.spec.num_steps, "samples": num,
                 "teacher": f"DDIM {teacher_steps} steps, CFG {scale}",
                 "latent_rmse_to_teacher": float(np.sqrt(np.mean((student - reference) ** 2))),
@@ -206,7 +224,7 @@ def _build_sd_run(config: ml_collections.ConfigDict, mesh) -> SDRun:
                                              param_dtype=jnp.dtype(m.param_dtype), attention_impl=m.attention,
                                              remat=m.remat, variant=tc.variant or None)
         bank = prompt_bank(sd, prompts, tc.resolution)
-        shape = sd.latent_shape(tc.resolution)
+        sd.latent_shape(tc.resolution)  # a resolution the VAE and UNet cannot take fails here, as a RunError
     except (WeightsError, FileNotFoundError, ValueError) as e:
         raise RunError(f"cannot load the teacher in teacher.path={tc.path!r}: {e}") from e
     if not m.init_from_teacher:
@@ -215,7 +233,6 @@ def _build_sd_run(config: ml_collections.ConfigDict, mesh) -> SDRun:
     unet_def, unet_params = nnx.split(sd.unet, nnx.Param)
     teacher = {"unet": nnx.to_pure_dict(unet_params), "prompts": bank}
     problem = sd_problem(sd, unet_def, tc.resolution)
-    assert problem.event_shape == shape
     # Own copies of the teacher's weights: the train step donates the state, never the teacher.
     def copy_of_teacher():
         graphdef, state = nnx.split(sd.unet)
