@@ -10,6 +10,10 @@ SUBCOMMANDS = {
     "sample": ("jaxdistill.commands.sample", "samples of a checkpoint: --workdir runs/x [--num_steps k --num 64]"),
     "eval": ("jaxdistill.commands.evaluate", "metrics of a checkpoint: --workdir runs/x [--num 2000]"),
     "export": ("jaxdistill.commands.export", "a checkpoint's generator as safetensors: --workdir runs/x --out dir"),
+    "teacher-train": ("jaxdistill.commands.teacher_train",
+                      "train the embedded world's teacher: --config configs/world_teacher.py --out dir"),
+    "judge-train": ("jaxdistill.commands.judge_train",
+                    "train the embedded world's judge: --config configs/world_judge.py --out dir"),
     "info": ("jaxdistill.commands.info", "resolved config, parameters, step FLOPs and memory: --config ..."),
 }
 
@@ -17,7 +21,7 @@ SUBCOMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
-        lines = [f"  {name:<8} {desc}" for name, (_, desc) in SUBCOMMANDS.items()]
+        lines = [f"  {name:<13} {desc}" for name, (_, desc) in SUBCOMMANDS.items()]
         print("usage: jaxdistill <command> [args]\n\ncommands:\n" + "\n".join(lines))
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\nerror: unknown command {argv[0]!r}; expected one of {sorted(SUBCOMMANDS)}", file=sys.stderr)

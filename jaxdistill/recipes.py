@@ -57,7 +57,7 @@ def sd_config(method: str, variant: str, *, resolution: int, guidance: str, kapp
     if variant not in ("", "tiny"):
         raise ValueError(f"unknown config variant {variant!r}; use '' (full) or 'tiny'.")
     c = ml_collections.ConfigDict()
-    c.teacher = dict(kind="diffusers", path="", variant="", prompts="", resolution=resolution)
+    c.teacher = dict(kind="diffusers", path="", variant="", prompts="", resolution=resolution, judge="")
     c.method = dict(name=method, guidance=guidance, kappa=kappa, **method_overrides)
     c.model = dict(init_from_teacher=True, param_dtype="float32", compute_dtype="bfloat16", attention="cudnn",
                    remat="dots_saveable")
@@ -70,6 +70,23 @@ def sd_config(method: str, variant: str, *, resolution: int, guidance: str, kapp
         c.model.update(compute_dtype="float32", attention="xla", remat="none")
         c.train.update(steps=2, batch_size=2, log_every=1, checkpoint_every=2, sample_every=2, sample_count=4,
                        eval_samples=4)
+    return c
+
+
+def world_config(method: str, variant: str, *, guidance: str = "", kappa: float = 1.0, optim: dict | None = None,
+                 batch_size: int = 8, steps: int = 40, **method_overrides) -> ml_collections.ConfigDict:
+    """A recipe distilling the embedded world's shipped teacher (32×32 pixel space, CPU-sized):
+    `sd_config` with the teacher, judge and prompts of `jaxdistill.world`, float32 XLA compute."""
+    from jaxdistill import world
+
+    optim = dict(gen_lr=5e-5, critic_lr=5e-5, ema_decay=0.99) if optim is None else optim
+    c = sd_config(method, variant, resolution=32, guidance=guidance, kappa=kappa, optim=optim,
+                  batch_size=batch_size, steps=steps, **method_overrides)
+    c.teacher.update(path=world.TEACHER, prompts=world.PROMPTS, judge=world.JUDGE)
+    c.model.update(compute_dtype="float32", attention="xla", remat="none")
+    if variant != "tiny":
+        c.train.update(log_every=10, checkpoint_every=steps, keep=1, keep_period=0, sample_every=0,
+                       sample_count=18, eval_samples=90)
     return c
 
 

@@ -14,31 +14,15 @@ from __future__ import annotations
 import json
 import os
 
+from jaxdistill.world import vocab
+
 WORDS = ["a", "red", "blue", "circle", "square", "photo", "of"]
 MAX_TOKENS = 16
 
 
 def write_tokenizer(folder: str, max_length: int = MAX_TOKENS) -> int:
-    """A tiny byte-level BPE vocabulary in CLIP's format (single characters, their end-of-word
-    forms, and the merges that make each of WORDS one token); returns the vocabulary size."""
-    chars = sorted({c for w in WORDS for c in w})
-    vocab = chars + [c + "</w>" for c in chars]
-    merges = []
-    for w in WORDS:
-        parts = list(w[:-1]) + [w[-1] + "</w>"]
-        while len(parts) > 1:
-            merges.append(f"{parts[0]} {parts[1]}")
-            parts = [parts[0] + parts[1]] + parts[2:]
-            vocab.append(parts[0])
-    vocab = list(dict.fromkeys(vocab)) + ["<|startoftext|>", "<|endoftext|>"]
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "vocab.json"), "w") as f:
-        json.dump({t: i for i, t in enumerate(vocab)}, f)
-    with open(os.path.join(folder, "merges.txt"), "w") as f:
-        f.write("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
-    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
-        json.dump({"model_max_length": max_length, "tokenizer_class": "CLIPTokenizer"}, f)
-    return len(vocab)
+    """A tiny CLIP tokenizer whose words are WORDS; returns the vocabulary size."""
+    return vocab.write_tokenizer(folder, WORDS, max_length)
 
 
 def make_tiny_sd(folder: str, kind: str = "sd15", prediction_type: str = "epsilon", seed: int = 0) -> str:

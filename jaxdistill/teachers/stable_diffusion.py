@@ -17,7 +17,9 @@ Conditioning (a dict pytree, batch first):
 
 The null condition is the empty prompt's encoding, or zeros where the folder's
 `force_zeros_for_empty_prompt` says so (SDXL; DMD2 uses zeros too). Distillation runs in the
-VAE's latent space; the VAE only decodes samples for pictures and metrics.
+VAE's latent space; the VAE only decodes samples for pictures and metrics. A folder whose
+model_index.json has `"vae": [null, null]` is a pixel-space model (the embedded world's
+teacher): its "latents" are the images.
 
 `UNetDenoiser` wraps a UNet as the σ-space denoiser D(x, σ, cond) → x̂_0 the engine trains:
 the UNet's input is x/√(1+σ²) at the timestep t(σ) of the folder's scheduler table, and its ε,
@@ -93,15 +95,19 @@ class StableDiffusion:
                                "holding model_index.json, unet/, vae/, text_encoder/, tokenizer/ and scheduler/.")
         with open(index) as f:
             model_index = json.load(f)
-        for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        for part in ("unet", "text_encoder", "tokenizer", "scheduler"):
             if part not in model_index or not os.path.isdir(os.path.join(folder, part)):
                 raise WeightsError(f"{folder}: model_index.json or the folder lacks '{part}'; a Stable Diffusion "
                                    "folder has unet/, vae/, text_encoder/, tokenizer/ and scheduler/.")
+        pixel_space = model_index.get("vae", [None, None])[0] is None
+        if not pixel_space and not os.path.isdir(os.path.join(folder, "vae")):
+            raise WeightsError(f"{folder}: model_index.json names a vae but the folder has no vae/; restore it, or "
+                               'set "vae": [null, null] for a pixel-space model.')
         schedule = VPSchedule.from_config(read_config(os.path.join(folder, "scheduler"), "scheduler_config.json"))
         unet = UNet2DConditionModel.from_pretrained(os.path.join(folder, "unet"), dtype=dtype, param_dtype=param_dtype,
                                                     attention_impl=attention_impl, remat=remat, variant=variant)
-        vae = AutoencoderKL.from_pretrained(os.path.join(folder, "vae"), dtype=dtype, param_dtype=param_dtype,
-                                            variant=variant)
+        vae = None if pixel_space else AutoencoderKL.from_pretrained(os.path.join(folder, "vae"), dtype=dtype,
+                                                                     param_dtype=param_dtype, variant=variant)
         parts = [("text_encoder", "tokenizer")]
         if "text_encoder_2" in model_index and os.path.isdir(os.path.join(folder, "text_encoder_2")):
             parts.append(("text_encoder_2", "tokenizer_2"))
@@ -138,8 +144,13 @@ class StableDiffusion:
             out.append(enc)
         return jax.tree.map(lambda *a: jnp.concatenate(a, axis=0), *out)
 
+    def images_from_latents(self, latents: jax.Array) -> jax.Array:
+        """Images in [-1, 1]: the VAE's decoding, or the samples themselves, clipped, in pixel space."""
+        images = latents if self.vae is None else self.vae.images_from_latents(latents)
+        return jnp.clip(images, -1.0, 1.0)
+
     def latent_shape(self, resolution: int) -> tuple:
-        f = self.vae.downsample_factor
+        f = 1 if self.vae is None else self.vae.downsample_factor
         if resolution % (f * 2 ** self.unet.num_upsamplers):
             raise ValueError(f"resolution {resolution} must be a multiple of {f * 2 ** self.unet.num_upsamplers} "
                              f"(VAE factor {f} × UNet factor {2 ** self.unet.num_upsamplers}).")

@@ -114,6 +114,8 @@ class SDRun(Run):
     against the teacher's own guided DDIM sampler from the same noise and prompts."""
 
     sd: Any = None
+    prompts: list = dataclasses.field(default_factory=list)
+    judge: Any = None  # the embedded world's judge when `teacher.judge` names one: image metrics in `evaluate`
     _teacher_samplers: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def conditions(self, n: int) -> dict:
@@ -124,50 +126,67 @@ class SDRun(Run):
     @functools.cached_property
     def _decode(self):
         """Latents -> images, compiled once per run."""
-        return jax.jit(self.sd.vae.images_from_latents)
+        return jax.jit(self.sd.images_from_latents)
 
     def picture(self, seeds, num_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         images = np.asarray(self._decode(self._samples(seeds, num_steps)))
         return images, render_samples(images)
 
-    def _teacher_sampler(self, teacher_steps: int):
-        """The teacher's guided DDIM from the noise z (the student's own noise), compiled once per
-        step count."""
-        if teacher_steps in self._teacher_samplers:
-            return self._teacher_samplers[teacher_steps]
+    def _teacher_sampler(self, teacher_steps: int, scale: float):
+        """The teacher's DDIM with CFG `scale` from the noise z (the student's own noise),
+        compiled once per (step count, scale)."""
+        if (teacher_steps, scale) in self._teacher_samplers:
+            return self._teacher_samplers[teacher_steps, scale]
         from jaxdistill.diffusion import ddim
         from jaxdistill.guidance import guided
 
         d = self.distiller
         sigmas = self.sd.schedule.sampling_sigmas(teacher_steps, spacing="trailing")
-        scale = d.spec.guidance.cfg_teacher
 
         @jax.jit
         def run(teacher, z, cond, null):
             den = guided(lambda x, s, c: d.problem.teacher_apply(teacher, x, s, c), cond, null, scale)
             return ddim(den, z * float(np.sqrt(sigmas[0] ** 2 + 1)) / float(sigmas[0]), sigmas)
 
-        self._teacher_samplers[teacher_steps] = run
+        self._teacher_samplers[teacher_steps, scale] = run
         return run
+
+    def teacher_samples(self, seeds, teacher_steps: int = 25, scale: float | None = None) -> np.ndarray:
+        """The teacher's guided DDIM latents from the noise the student gets at `seeds` (its
+        first noise draw) and the same prompts; CFG `scale` defaults to the method's teacher scale."""
+        d = self.distiller
+        n = len(seeds)
+        cond = self.conditions(n)
+        null = jax.tree.map(lambda a: jnp.broadcast_to(a[0], (n,) + a.shape[1:]), self.teacher["prompts"]["null"])
+        keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
+        z = jax.vmap(lambda k: jax.random.normal(jax.random.split(k)[0], d.problem.event_shape))(keys)
+        scale = float(d.spec.guidance.cfg_teacher if scale is None else scale)
+        return np.asarray(self._teacher_sampler(teacher_steps, scale)(self.teacher, z, cond, null))
 
     def evaluate(self, num: int, num_steps: int | None = None, seed: int = 1, teacher_steps: int = 25) -> dict:
         """Latent distance to the teacher's guided DDIM samples (same noise and prompts: the
         one-step map's error against the ODE it distils), and the latents' statistics beside
-        the teacher's."""
+        the teacher's. With a judge (the embedded world), also alignment, diversity and FD of
+        student and teacher images (`jaxdistill.world.metrics`)."""
         d = self.distiller
         seeds = np.arange(seed * 100_000, seed * 100_000 + num)
         student = np.asarray(self._samples(seeds, num_steps))
-        cond = self.conditions(num)
-        null = jax.tree.map(lambda a: jnp.broadcast_to(a[0], (num,) + a.shape[1:]), self.teacher["prompts"]["null"])
-        keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
-        z = jax.vmap(lambda k: jax.random.normal(jax.random.split(k)[0], d.problem.event_shape))(keys)
-        reference = np.asarray(self._teacher_sampler(teacher_steps)(self.teacher, z, cond, null))
+        reference = self.teacher_samples(seeds, teacher_steps)
         scale = d.spec.guidance.cfg_teacher
-        return {"step": int(d.state.step), "generator_steps": num_steps or d.spec.num_steps, "samples": num,
-                "teacher": f"DDIM {teacher_steps} steps, CFG {scale}",
-                "latent_rmse_to_teacher": float(np.sqrt(np.mean((student - reference) ** 2))),
-                "latent_std": float(student.std()), "teacher_latent_std": float(reference.std()),
-                "latent_mean": float(student.mean()), "teacher_latent_mean": float(reference.mean())}
+        out = {"step": int(d.state.step), "generator_steps": num_steps or d.spec.num_steps, "samples": num,
+               "teacher": f"DDIM {teacher_steps} steps, CFG {scale}",
+               "latent_rmse_to_teacher": float(np.sqrt(np.mean((student - reference) ** 2))),
+               "latent_std": float(student.std()), "teacher_latent_std": float(reference.std()),
+               "latent_mean": float(student.mean()), "teacher_latent_mean": float(reference.mean())}
+        if self.judge is not None:
+            from jaxdistill.world import metrics, scene
+
+            prompts = [self.prompts[i % len(self.prompts)] for i in range(num)]
+            real = scene.scenes_for_prompts(seed, prompts)
+            for name, latents in (("student", student), ("teacher", reference)):
+                images = np.asarray(self._decode(latents))
+                out.update({f"{name}_{k}": v for k, v in metrics.world_metrics(self.judge, images, prompts, real).items()})
+        return out
 
 
 def build_teacher(teacher: ml_collections.ConfigDict):
@@ -245,7 +264,15 @@ def _build_sd_run(config: ml_collections.ConfigDict, mesh) -> SDRun:
         head = DiscriminatorHead(channels, channels, rngs=nnx.Rngs(config.train.seed + 2))
     d = Distiller(spec, problem, gen, critic, head, batch_size=config.train.batch_size, mesh=mesh,
                   seed=config.train.seed)
-    return SDRun(config, teacher, d, sd)
+    judge = None
+    if tc.get("judge"):
+        from jaxdistill.world import judge as judge_lib
+
+        try:
+            judge = judge_lib.load(tc.judge)
+        except (WeightsError, FileNotFoundError) as e:
+            raise RunError(f"cannot load the judge in teacher.judge={tc.judge!r}: {e}") from e
+    return SDRun(config, teacher, d, sd, prompts, judge)
 
 
 def _check_compatible(saved: dict, config: dict, workdir: str) -> None:
