@@ -25,7 +25,7 @@ from jaxdistill.recipes import world_config
 from jaxdistill.train.program import open_run, train
 from jaxdistill.world import metrics, scene
 
-EVAL_PER_PROMPT = 10
+EVAL_PER_PROMPT = 5
 TEACHER_STEPS = 25  # DDIM; with CFG each step is one batched cond + uncond call: 2 calls
 RUNS = "runs"
 
