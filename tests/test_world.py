@@ -98,12 +98,12 @@ def test_frechet_distance_matches_the_closed_form_of_two_gaussians():
 def test_teacher_and_judge_commands_write_folders_the_reference_libraries_load(tmp_path):
     import transformers
 
-    from jaxdistill.cli import main
+    import subprocess
+    import sys
 
-    def cli(args):  # absl's app.run exits, 0 on success
-        with pytest.raises(SystemExit) as e:
-            main(args)
-        return e.value.code or 0
+    def cli(args):  # one process per command, as a user runs them (absl flags are process-global)
+        env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+        return subprocess.run([sys.executable, "-m", "jaxdistill.cli", *args], env=env, timeout=300).returncode
 
     out = str(tmp_path / "teacher")
     assert cli(["teacher-train", "--config", "configs/world_teacher.py:tiny", "--out", out]) == 0

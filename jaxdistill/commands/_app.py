@@ -10,7 +10,8 @@ from jaxdistill.train.program import RunError
 
 
 def run(main) -> None:
-    """`app.run` of `main(argv)`; a `RunError` prints `error: <message>` and exits with status 2."""
+    """`app.run` of `main(argv)`; a `RunError` (or a refused overwrite, `FileExistsError`) prints
+    `error: <message>` and exits with status 2."""
 
     def wrapped(argv):
         if len(argv) > 1:
@@ -18,7 +19,7 @@ def run(main) -> None:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save and restore at INFO
         try:
             main()
-        except RunError as e:
+        except (RunError, FileExistsError) as e:  # FileExistsError: a command that never overwrites its output
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
 

@@ -7,7 +7,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from jaxdistill.commands._app import run
-from jaxdistill.train.program import RunError
 from jaxdistill.world.judge import train_judge
 
 
@@ -15,11 +14,4 @@ def main() -> None:
     config = config_flags.DEFINE_config_file("config", None, "judge config, e.g. configs/world_judge.py")
     out = flags.DEFINE_string("out", None, "the folder to write (must not hold a judge yet)")
     flags.mark_flags_as_required(["config", "out"])
-
-    def go():
-        try:
-            train_judge(config.value, out.value)
-        except FileExistsError as e:
-            raise RunError(str(e)) from e
-
-    run(go)
+    run(lambda: train_judge(config.value, out.value))

@@ -8,7 +8,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from jaxdistill.commands._app import run
-from jaxdistill.train.program import RunError
 from jaxdistill.world.teacher_training import train_teacher
 
 
@@ -16,11 +15,4 @@ def main() -> None:
     config = config_flags.DEFINE_config_file("config", None, "teacher config, e.g. configs/world_teacher.py")
     out = flags.DEFINE_string("out", None, "the diffusers folder to write (must not hold a model yet)")
     flags.mark_flags_as_required(["config", "out"])
-
-    def go():
-        try:
-            train_teacher(config.value, out.value)
-        except FileExistsError as e:
-            raise RunError(str(e)) from e
-
-    run(go)
+    run(lambda: train_teacher(config.value, out.value))
