@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jaxdistill.models.architectures import SD15_UNET, SD21_UNET, SDXL_UNET
 from jaxdistill.models.unet import UNet2DConditionModel
 from jaxdistill.models.weights import (
     WeightsError,
@@ -191,34 +192,10 @@ def test_bfloat16_compute_keeps_float32_params(tiny):
 
 # ----------------------------------------------------------------------------- full-size shapes
 
-SD15 = {"act_fn": "silu", "attention_head_dim": 8, "block_out_channels": [320, 640, 1280, 1280],
-        "center_input_sample": False, "cross_attention_dim": 768, "down_block_types": [CA, CA, CA, D],
-        "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4, "layers_per_block": 2,
-        "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32, "out_channels": 4, "sample_size": 64,
-        "up_block_types": [U, CU, CU, CU]}
-SD21 = {**SD15, "attention_head_dim": [5, 10, 20, 20], "cross_attention_dim": 1024, "dual_cross_attention": False,
-        "num_class_embeds": None, "only_cross_attention": False, "sample_size": 96, "upcast_attention": True,
-        "use_linear_projection": True}
-SDXL = {"act_fn": "silu", "addition_embed_type": "text_time", "addition_embed_type_num_heads": 64,
-        "addition_time_embed_dim": 256, "attention_head_dim": [5, 10, 20], "block_out_channels": [320, 640, 1280],
-        "center_input_sample": False, "class_embed_type": None, "class_embeddings_concat": False, "conv_in_kernel": 3,
-        "conv_out_kernel": 3, "cross_attention_dim": 2048, "cross_attention_norm": None,
-        "down_block_types": [D, CA, CA], "downsample_padding": 1, "dual_cross_attention": False,
-        "encoder_hid_dim": None, "encoder_hid_dim_type": None, "flip_sin_to_cos": True, "freq_shift": 0,
-        "in_channels": 4, "layers_per_block": 2, "mid_block_only_cross_attention": None, "mid_block_scale_factor": 1,
-        "mid_block_type": "UNetMidBlock2DCrossAttn", "norm_eps": 1e-05, "norm_num_groups": 32,
-        "num_attention_heads": None, "num_class_embeds": None, "only_cross_attention": False, "out_channels": 4,
-        "projection_class_embeddings_input_dim": 2816, "resnet_out_scale_factor": 1.0, "resnet_skip_time_act": False,
-        "resnet_time_scale_shift": "default", "sample_size": 128, "time_cond_proj_dim": None,
-        "time_embedding_act_fn": None, "time_embedding_dim": None, "time_embedding_type": "positional",
-        "timestep_post_act": None, "transformer_layers_per_block": [1, 2, 10], "up_block_types": [CU, CU, U],
-        "upcast_attention": None, "use_linear_projection": True}
-
-
 @pytest.mark.parametrize("config, expected, tensors", [
-    (SD15, 859_520_964, 686),
-    (SD21, 865_910_724, 686),  # diffusers 0.42.1 on torch.device("meta")
-    (SDXL, 2_567_463_684, 1680),
+    (SD15_UNET, 859_520_964, 686),
+    (SD21_UNET, 865_910_724, 686),  # diffusers 0.42.1 on torch.device("meta")
+    (SDXL_UNET, 2_567_463_684, 1680),
 ], ids=["sd15", "sd21", "sdxl"])
 def test_full_size_parameter_counts(config, expected, tensors):
     model = UNet2DConditionModel.abstract(config, dtype=jnp.bfloat16)

@@ -79,12 +79,52 @@ class StableDiffusion:
     """The parts of a diffusers SD / SDXL folder, as NNX modules, plus its VP schedule."""
 
     def __init__(self, folder: str, unet, vae, text_encoders: list, tokenizers: list, schedule: VPSchedule,
-                 zeros_for_empty_prompt: bool):
+                 zeros_for_empty_prompt: bool, vae_factor: int | None = None):
         self.folder, self.unet, self.vae = folder, unet, vae
         self.text_encoders, self.tokenizers, self.schedule = text_encoders, tokenizers, schedule
         self.zeros_for_empty_prompt = zeros_for_empty_prompt
-        self.is_sdxl = len(text_encoders) == 2
+        self.vae_factor = vae_factor if vae_factor is not None else 1 if vae is None else vae.downsample_factor
+        self.is_sdxl = unet.config.get("addition_embed_type") == "text_time"
+        self.text_tokens = text_encoders[0].config.max_position_embeddings if text_encoders else 77
         self._encode = jax.jit(self._encode_ids)
+
+    @classmethod
+    def abstract(cls, source: str, *, dtype=None, param_dtype=jnp.float32, attention_impl: str = "xla",
+                 remat: str = "none") -> "StableDiffusion":
+        """The teacher's shapes without its weights: an abstract UNet (`nnx.eval_shape`, nothing
+        allocated or read) and the schedule, from a diffusers folder's config files (`source` a
+        folder) or a published architecture (`source` a name in `jaxdistill.models.architectures`).
+        Enough to build and compile the train step (`jaxdistill info`); no text encoders or VAE."""
+        if os.path.isdir(source):
+            unet_config = read_config(os.path.join(source, "unet"))
+            schedule = VPSchedule.from_config(read_config(os.path.join(source, "scheduler"), "scheduler_config.json"))
+            with open(os.path.join(source, "model_index.json")) as f:
+                model_index = json.load(f)
+            pixel_space = model_index.get("vae", [None, None])[0] is None
+            factor = 1 if pixel_space else 2 ** (len(read_config(os.path.join(source, "vae"))["block_out_channels"]) - 1)
+            zeros = bool(model_index.get("force_zeros_for_empty_prompt", False))
+            tokens = read_config(os.path.join(source, "text_encoder"))["max_position_embeddings"]
+        else:
+            from jaxdistill.diffusion.schedules import stable_diffusion_schedule
+            from jaxdistill.models.architectures import architecture
+
+            unet_config, factor, (tokens, _), _, prediction = architecture(source)
+            schedule, zeros = stable_diffusion_schedule(prediction), source == "sdxl"
+        unet = UNet2DConditionModel.abstract(unet_config, dtype=dtype, param_dtype=param_dtype,
+                                             attention_impl=attention_impl, remat=remat)
+        sd = cls(source, unet, None, [], [], schedule, zeros, vae_factor=factor)
+        sd.text_tokens = tokens
+        return sd
+
+    def condition_shapes(self, num_prompts: int, dtype=jnp.float32) -> dict:
+        """ShapeDtypeStructs of `num_prompts` prompts' conditioning (see the module docstring)."""
+        cfg = self.unet.config
+        shapes = {"context": (self.text_tokens, cfg["cross_attention_dim"])}
+        if self.is_sdxl:
+            shapes["text_embeds"] = (cfg["projection_class_embeddings_input_dim"] - 6 * cfg["addition_time_embed_dim"],)
+            shapes["time_ids"] = (6,)
+        return {k: jax.ShapeDtypeStruct((num_prompts,) + v, jnp.float32 if k == "time_ids" else dtype)
+                for k, v in shapes.items()}
 
     @classmethod
     def from_pretrained(cls, folder: str, *, dtype=None, param_dtype=jnp.float32, attention_impl: str = "xla",
@@ -150,7 +190,7 @@ class StableDiffusion:
         return jnp.clip(images, -1.0, 1.0)
 
     def latent_shape(self, resolution: int) -> tuple:
-        f = 1 if self.vae is None else self.vae.downsample_factor
+        f = self.vae_factor
         if resolution % (f * 2 ** self.unet.num_upsamplers):
             raise ValueError(f"resolution {resolution} must be a multiple of {f * 2 ** self.unet.num_upsamplers} "
                              f"(VAE factor {f} × UNet factor {2 ** self.unet.num_upsamplers}).")
@@ -162,6 +202,11 @@ def prompt_bank(sd: StableDiffusion, prompts: Sequence[str], resolution: int) ->
     if not prompts:
         raise ValueError("the prompt list is empty; give at least one prompt (one per line in teacher.prompts).")
     return {"cond": sd.encode_prompts(list(prompts), resolution), "null": sd.encode_prompts([""], resolution)}
+
+
+def abstract_prompt_bank(sd: StableDiffusion, num_prompts: int, dtype=jnp.float32) -> dict:
+    """The shapes of `prompt_bank(sd, <num_prompts prompts>, ...)`, for compiling without encoding."""
+    return {"cond": sd.condition_shapes(num_prompts, dtype), "null": sd.condition_shapes(1, dtype)}
 
 
 def read_prompts(path: str) -> list[str]:

@@ -21,7 +21,12 @@ from jaxdistill.train.step import Problem, make_train_step, split_networks
 
 class Distiller:
     """One distillation run: `spec` (the method), `problem` (teacher + conditions) and NNX
-    generator / critic (/ discriminator head) modules, used functionally from here on."""
+    generator / critic (/ discriminator head) modules, used functionally from here on.
+
+    `abstract=True` keeps only the state's shapes, dtypes and shardings (nothing is allocated;
+    the modules may be abstract, from `nnx.eval_shape`): enough to compile the step for any
+    devices, including a TPU topology without its hardware (`jaxdistill info --topology`), but
+    not to run it. `unroll_critic` as in `make_train_step`."""
 
     def __init__(
         self,
@@ -38,6 +43,8 @@ class Distiller:
         gen_tx=None,
         critic_tx=None,
         on_teacher: bool = False,
+        abstract: bool = False,
+        unroll_critic: bool = False,
     ):
         self.spec, self.problem, self.batch_size = spec, problem, batch_size
         self.mesh = mesh if mesh is not None else shd.make_mesh((1, 1, 1), jax.devices()[:1])
@@ -60,11 +67,18 @@ class Distiller:
             critic_opt=shd.opt_state_specs(self.critic_tx, critic_params, critic_specs),
             step=P(), key=P())
         self.state_sharding = shd.named(self.mesh, self.state_specs)
-        state = init_state(gen_params, critic_params, self.gen_tx, self.critic_tx, seed)
-        self.state = _unaliased(jax.device_put(state, self.state_sharding))
+        self.abstract = abstract
+        if abstract:
+            shapes = jax.eval_shape(lambda g, c: init_state(g, c, self.gen_tx, self.critic_tx, seed),
+                                    gen_params, critic_params)
+            self.state = abstract_like(shapes, self.state_sharding)
+        else:
+            state = init_state(gen_params, critic_params, self.gen_tx, self.critic_tx, seed)
+            self.state = _unaliased(jax.device_put(state, self.state_sharding))
         batch = shd.batch_sharding(self.mesh)
         step = make_train_step(spec, problem, self.nets, self.gen_tx, self.critic_tx, batch_size,
-                               constrain=lambda x: jax.lax.with_sharding_constraint(x, batch))
+                               constrain=lambda x: jax.lax.with_sharding_constraint(x, batch),
+                               unroll_critic=unroll_critic)
         self.trace_count = 0
 
         def counted_step(state, teacher_params):  # the compile-once guard, per Distiller
@@ -150,7 +164,8 @@ class Distiller:
                 return run(params, teacher_params, z, jax.tree.map(lambda c: c[None], cond), k_n)[0]
 
             fn = jax.vmap(run_one, in_axes=(None, None, 0, 0)) if per_seed else run
-            self._samplers[(num_steps, per_seed)] = jax.jit(fn)
+            # Replicated output: readable on the host in every process of a multi-process run.
+            self._samplers[(num_steps, per_seed)] = jax.jit(fn, out_shardings=NamedSharding(self.mesh, P()))
         return self._samplers[(num_steps, per_seed)]
 
 

@@ -14,6 +14,14 @@ the step; the last good checkpoint is left as it is (no checkpoint is written wh
 losses are non-finite). Host-side bookkeeping runs one step behind the device: step n+1 is
 dispatched before step n's losses are read, so the host never idles the accelerator between
 checkpoints.
+
+Multi-process runs (`jaxdistill.distributed`) run this same program in every process over one
+global mesh. There is no host-fed data: each step draws its noise, timesteps and conditions
+(labels, or rows of the prompt bank) inside the compiled step from the global RNG key in the
+state, so every process computes the same global batch and the streams equal a one-process run
+of the same config. Process 0 alone prints and writes config.json, metrics, events and
+pictures; every process takes part in the (orbax) checkpoint, which restores onto any mesh or
+process count.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from jaxdistill.toy import toy_distiller
 from jaxdistill.train.checkpoint import Checkpointer
 from jaxdistill.train.engine import Distiller
 from jaxdistill.train.metric_writer import MetricWriter
-from jaxdistill.train.sharding import make_mesh
+from jaxdistill.train.sharding import make_mesh, mesh_suggestions
 
 
 class RunError(RuntimeError):
@@ -209,9 +217,12 @@ def build_teacher(teacher: ml_collections.ConfigDict):
 
 def _mesh(config):
     shape = tuple(config.mesh.shape)
-    if math.prod(shape) > jax.device_count():
-        raise RunError(f"mesh.shape={shape} needs {math.prod(shape)} devices; {jax.device_count()} are visible. "
-                       f"Set --config.mesh.shape to a shape whose product is at most {jax.device_count()}.")
+    n = jax.device_count()
+    if math.prod(shape) > n or (jax.process_count() > 1 and math.prod(shape) != n):
+        need = "exactly" if jax.process_count() > 1 else "at most"
+        raise RunError(f"mesh.shape={shape} needs {math.prod(shape)} devices; {n} are visible"
+                       f"{f' over {jax.process_count()} processes' if jax.process_count() > 1 else ''}. Set "
+                       f"--config.mesh.shape to a shape whose product is {need} {n}, e.g. {mesh_suggestions(n)}.")
     return make_mesh(shape, jax.devices()[: math.prod(shape)])
 
 
@@ -323,11 +334,33 @@ def open_run(workdir: str, step: int | None = None) -> Run:
 
 
 class _StopFlag:
+    """SIGTERM / SIGINT, acted on at a step boundary. One process: its own handlers. Several
+    processes must stop at the same step, so JAX's preemption service (started by
+    `jax.distributed.initialize`) catches SIGTERM in any process and
+    `reached_preemption_sync_point` turns true at one agreed step in all of them; SIGINT is
+    forwarded to it as SIGTERM."""
+
     def __init__(self):
         self.signal = None
+        self.multi_process = jax.process_count() > 1
+
+    def install(self) -> dict:
+        """Install the handlers; returns the previous ones."""
+        if self.multi_process:
+            return {signal.SIGINT: signal.signal(signal.SIGINT, lambda *_: os.kill(os.getpid(), signal.SIGTERM))}
+        return {s: signal.signal(s, self) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def __call__(self, signum, frame):
         self.signal = signal.Signals(signum).name
+
+    def check(self, step: int) -> bool:
+        """Whether to stop after `step` (call once per step, with increasing steps, in every process)."""
+        if self.multi_process and self.signal is None:
+            from jax.experimental import multihost_utils
+
+            if multihost_utils.reached_preemption_sync_point(step):
+                self.signal = "SIGTERM"
+        return self.signal is not None
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, print_fn=print) -> dict:
@@ -335,19 +368,22 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, print_fn=print) ->
     evaluation of the EMA generator."""
     run = build_run(config)
     d, t = run.distiller, config.train
+    primary = jax.process_index() == 0  # the one process that prints and writes files (the checkpoint is everyone's)
+    print_fn = print_fn if primary else (lambda *_: None)
     os.makedirs(workdir, exist_ok=True)
     with Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=t.keep,
                       keep_period=t.get("keep_period") or None) as ckpt:
         if ckpt.latest_step() is not None:
             restore(run, ckpt)
             print_fn(f"resumed from step {int(d.state.step)} in {ckpt.directory}")
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(run.resolved, f, indent=2)
+        if primary:
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+                json.dump(run.resolved, f, indent=2)
         step_fn = d.compile(run.teacher, dict(t.get("compiler_options") or {}))
         print_fn(f"compiled the train step in {d.compile_seconds:.1f} s; method {d.spec.name}, "
                  f"mesh {tuple(config.mesh.shape)}")
         stop = _StopFlag()
-        previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous = stop.install()
         try:
             with MetricWriter(workdir) as writer:
                 writer.scalars(int(d.state.step), {"time/compile_s": d.compile_seconds})
@@ -383,7 +419,8 @@ class _Loop:
             pending = (done, metrics)
             checkpoint = done % t.checkpoint_every == 0
             picture = t.sample_every and done % t.sample_every == 0
-            if checkpoint or picture or self.stop.signal is not None or done == t.steps:
+            stopping = self.stop.check(done)
+            if checkpoint or picture or stopping or done == t.steps:
                 self._account(*pending)
                 pending = None
                 if picture:

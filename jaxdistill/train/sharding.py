@@ -33,9 +33,25 @@ def make_mesh(shape: Sequence[int] = (1, 1, 1), devices=None) -> jax.sharding.Me
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"mesh shape must be three positive sizes (data, fsdp, tensor); got {shape}.")
     if math.prod(shape) != len(devices):
-        raise ValueError(f"mesh shape {shape} needs {math.prod(shape)} devices; {len(devices)} are available.")
-    arr = np.asarray(devices).reshape(shape)
+        raise ValueError(f"mesh shape {shape} needs {math.prod(shape)} devices; {len(devices)} are available. "
+                         f"Nearest shapes that fit: {mesh_suggestions(len(devices), shape)}.")
+    if devices[0].platform == "tpu":  # order the chips so that inner mesh axes are ICI neighbours
+        from jax.experimental import mesh_utils
+
+        arr = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+    else:
+        arr = np.asarray(devices).reshape(shape)
     return jax.sharding.Mesh(arr, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+
+
+def mesh_suggestions(n: int, near: Sequence[int] = (), count: int = 3) -> list[tuple[int, int, int]]:
+    """The `count` (data, fsdp, tensor) shapes with product `n` closest to `near` (in log2 steps
+    per axis; all data-parallel first when `near` is not given)."""
+    shapes = [(d, f, n // (d * f)) for d in range(1, n + 1) if n % d == 0
+              for f in range(1, n // d + 1) if (n // d) % f == 0]
+    near = tuple(near) if len(tuple(near)) == 3 and min(near) > 0 else (n, 1, 1)
+    dist = lambda s: sum(abs(math.log2(a) - math.log2(b)) for a, b in zip(s, near))  # noqa: E731
+    return sorted(shapes, key=lambda s: (dist(s), s[2], s[1]))[:count]
 
 
 def _resolve(spec: P, rules: dict) -> P:
@@ -89,9 +105,10 @@ def check_batch(batch_size: int, mesh) -> None:
     """The global batch must split evenly over ('data', 'fsdp')."""
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if batch_size % shards:
+        nearest = sorted({max(shards, batch_size // shards * shards), (batch_size // shards + 1) * shards})
         raise ValueError(
             f"batch_size={batch_size} does not fit the mesh: it must be a multiple of data×fsdp = {shards} "
-            f"(mesh {dict(mesh.shape)}); use e.g. batch_size={max(shards, batch_size // shards * shards)}."
+            f"(mesh {dict(mesh.shape)}); the nearest that fit are {' and '.join(map(str, nearest))}."
         )
 
 
