@@ -20,7 +20,7 @@ from jaxdistill.recipes import sd_config
 def get_config(variant: str = ""):
     return sd_config("dmd2", variant, resolution=1024, guidance="dmd2", kappa=8.0,
                      optim=dict(gen_lr=5e-7, critic_lr=5e-7, n_critic=5, ema_decay=0.0),
-                     batch_size=128, steps=24_000,
+                     batch_size=128, steps=24_000, architecture="sdxl",
                      # σ of t=399 in SDXL's scaled-linear table; DMD2 samples t ∈ [20, 980) for SD teachers.
                      sigma_ladder=(1.16058,), gen_noise=("ddpm", {"t_min": 20, "t_max": 980}),
                      critic_noise=("ddpm", {"t_min": 20, "t_max": 980}))

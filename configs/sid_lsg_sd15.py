@@ -18,4 +18,4 @@ from jaxdistill.recipes import sd_config
 def get_config(variant: str = ""):
     return sd_config("sid_lsg", variant, resolution=512, guidance="sid_lsg", kappa=1.5,
                      optim=dict(gen_lr=1e-6, critic_lr=1e-6, n_critic=1, ema_decay=0.9929),
-                     batch_size=512, steps=20_000)
+                     batch_size=512, steps=20_000, architecture="sd15")

@@ -48,16 +48,18 @@ def mixture_config(method: str, variant: str = "", *, num_classes: int = 1, guid
 
 
 def sd_config(method: str, variant: str, *, resolution: int, guidance: str, kappa: float, optim: dict,
-              batch_size: int, steps: int, **method_overrides) -> ml_collections.ConfigDict:
+              batch_size: int, steps: int, architecture: str = "", **method_overrides) -> ml_collections.ConfigDict:
     """A recipe distilling a Stable Diffusion folder (`--config.teacher.path`) into a one-step
     UNet generator initialised from the teacher, in latent space (resolution/8 latents).
+    `architecture` (sd15, sd21, sdxl) lets `jaxdistill info` plan the run without the folder.
 
     `variant="tiny"` is the seconds-long version the tests run on a tiny random SD folder.
     """
     if variant not in ("", "tiny"):
         raise ValueError(f"unknown config variant {variant!r}; use '' (full) or 'tiny'.")
     c = ml_collections.ConfigDict()
-    c.teacher = dict(kind="diffusers", path="", variant="", prompts="", resolution=resolution, judge="")
+    c.teacher = dict(kind="diffusers", path="", architecture=architecture, variant="", prompts="",
+                     resolution=resolution, judge="")
     c.method = dict(name=method, guidance=guidance, kappa=kappa, **method_overrides)
     c.model = dict(init_from_teacher=True, param_dtype="float32", compute_dtype="bfloat16", attention="cudnn",
                    remat="dots_saveable")

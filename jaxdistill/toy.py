@@ -68,8 +68,10 @@ def toy_distiller(
     depth: int = 3,
     seed: int = 0,
     mesh=None,
+    abstract: bool = False,
 ) -> Distiller:
-    """MLP generator/critic (/head) residuals on the mixture teacher, wrapped in a `Distiller`."""
+    """MLP generator/critic (/head) residuals on the mixture teacher, wrapped in a `Distiller`
+    (`abstract`: shapes only, see `Distiller`)."""
     classes = gm.num_classes if gm.num_classes > 1 else 0
     with nnx.use_eager_sharding(False):
         gen = MLPDenoiser(gm.event_shape, hidden=hidden, depth=depth, num_classes=classes, residual=True,
@@ -78,7 +80,7 @@ def toy_distiller(
                              rngs=nnx.Rngs(seed + 1))
         head = DiscriminatorHead(hidden, hidden, rngs=nnx.Rngs(seed + 2)) if spec.discriminator else None
     return Distiller(spec, mixture_problem(gm), gen, critic, head, batch_size=batch_size, mesh=mesh, seed=seed,
-                     on_teacher=True)
+                     on_teacher=True, abstract=abstract, unroll_critic=abstract)
 
 
 def distill_mixture(gm: GaussianMixture, spec: MethodSpec, *, steps: int, log_every: int = 0, **kwargs) -> ToyRun:

@@ -132,7 +132,7 @@ def test_cli_run_then_sample_eval_export_info_and_a_corrupted_checkpoint(tmp_pat
     # `info`: the compiled step's FLOPs and memory from XLA, without training.
     lines = []
     report = info(_tiny(), print_fn=lines.append)
-    assert report["step_flops"] > 0 and report["memory_per_device"]["argument"] > 0
+    assert report["step_flops_per_device"] > 0 and report["memory_per_device"]["argument"] > 0
     assert report["parameters"]["generator"] == sum(np.prod(np.shape(x)) for x in jax.tree.leaves(ema))
     assert any("FLOPs" in line for line in lines) and any("memory per device" in line for line in lines)
 

@@ -1,68 +1,127 @@
-"""`jaxdistill info --config configs/<recipe>.py[:variant] [--config.a.b=value]`.
+"""`jaxdistill info --config configs/<recipe>.py[:variant] [--topology v5p:4x4x4] [--config.a.b=value]`.
 
-Prints what a config resolves to, without training: every config value, the devices and
-mesh, parameter counts and state bytes, and the compiled train step's cost from XLA's own
-analyses — FLOPs and bytes accessed (`Compiled.cost_analysis`) and per-device memory:
-arguments, outputs, temporaries, generated code (`Compiled.memory_analysis`).
+Prints what a config resolves to without training or loading weights: every config value, the
+devices and mesh, parameter counts and state bytes, and the compiled train step's costs from
+XLA's own analyses (`jaxdistill.train.costs`): memory per device, FLOPs, bytes accessed and
+collective traffic per device.
+
+`--topology` plans a TPU run from any host, a CPU included: the step is compiled ahead of time
+for that slice's chips (`jaxdistill.train.topology`; needs the libtpu extra), its per-chip
+memory is set against the chip's HBM (the TPU compiler itself refuses a step that does not
+fit, and the report says by how much), and the chip's published rates give an estimated step
+time, images/s and what binds. Nothing is chosen silently: mesh, batch, dtypes and remat policy
+are the config's (`--config.mesh.shape`, `--config.train.batch_size`, `--config.model.remat`).
+Stable Diffusion recipes read only the teacher folder's config files, or none with
+`--config.teacher.architecture=sd15|sd21|sdxl`; the prompt bank has the prompt file's length,
+else `--num_prompts` rows.
 """
 
 from __future__ import annotations
 
 import json
+import math
 
 import jax
-import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
 from jaxdistill.commands._app import run
-from jaxdistill.train.program import build_run
+from jaxdistill.train import costs
+from jaxdistill.train import topology as tpu
+from jaxdistill.train.program import RunError, build_run
+
 
 def _count(tree) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+    return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
 def _bytes(tree) -> int:
-    return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))
+    return int(sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree)))
 
 
-def _mib(n) -> str:
-    return f"{n / 2**20:,.2f} MiB"
+def _gib(n) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:,.2f} {unit}"
+    return f"{n:,.0f} B"
 
 
-def info(config, *, print_fn=print) -> dict:
-    job = build_run(config)
+def info(config, *, topology: str = "", num_prompts: int = 1024, print_fn=print) -> dict:
+    """Build the run abstractly on this host's devices or a TPU `topology`, compile its step and
+    report its costs (see the module docstring); returns the report as a dict."""
+    chip, devices = None, None
+    if topology:
+        try:
+            slice_ = tpu.parse(topology)
+            devices = tpu.devices(slice_)
+        except (ValueError, RuntimeError) as e:
+            raise RunError(str(e)) from e
+        chip = slice_.chip
+    job = build_run(config, devices=devices, abstract=True, num_prompts=num_prompts)
     d = job.distiller
-    compiled = d.compile(job.teacher)
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    memory = compiled.memory_analysis()
+    try:
+        compiled = d.compile(job.teacher)
+    except Exception as e:  # XLA raises its own runtime error types
+        short = costs.hbm_shortfall(e)
+        if short is None:
+            raise
+        raise RunError(f"the train step does not fit {topology or 'the device'}: the compiler needs {_gib(short[0])} "
+                       f"of temporaries where a chip has {_gib(short[1])} free (mesh {dict(d.mesh.shape)}, batch "
+                       f"{config.train.batch_size}, remat {config.model.get('remat', 'none')!r}). Lower "
+                       "--config.train.batch_size, shard the weights over more chips (--config.mesh.shape with a "
+                       "larger fsdp axis) or save memory with --config.model.remat.") from e
+    n = len(d.mesh.devices.flat)
+    step = costs.step_cost(compiled, n)
     report = {
-        "devices": f"{jax.device_count()} × {jax.devices()[0].device_kind}",
+        "devices": f"{n} × {d.mesh.devices.flat[0].device_kind}" + (f" ({slice_.name}, {slice_.slice_name})"
+                                                                       if topology else ""),
         "mesh": dict(d.mesh.shape),
+        "global_batch": config.train.batch_size,
         "parameters": {"generator": _count(d.state.gen), "critic": _count(d.state.critic.get("net")),
                        "discriminator_head": _count(d.state.critic.get("head", {})),
                        "teacher": _count(job.teacher)},
         "state_bytes": _bytes(d.state),
         "compile_seconds": round(d.compile_seconds, 2),
-        "step_flops": float(cost.get("flops", float("nan"))),
-        "step_bytes_accessed": float(cost.get("bytes accessed", float("nan"))),
-        "memory_per_device": {name: int(getattr(memory, f"{name}_size_in_bytes"))
-                              for name in ("argument", "output", "temp", "alias", "generated_code")},
+        "step_flops_per_device": step.flops,
+        "step_bytes_accessed_per_device": step.bytes_accessed,
+        "collective_bytes_per_device": step.collectives,
+        "memory_per_device": {**step.memory, "peak": step.peak_bytes},
     }
+    if chip is not None:
+        times = step.times(chip)
+        report["chip"] = {"hbm_bytes": chip.hbm_bytes, "bf16_flops": chip.bf16_flops,
+                          "hbm_bytes_per_s": chip.hbm_bytes_per_s, "ici_bytes_per_s": chip.ici_bytes_per_s}
+        report["estimate"] = {**{f"{k}_s": v for k, v in times.items() if k != "binds"}, "binds": times["binds"],
+                              "images_per_s": config.train.batch_size / times["estimate"],
+                              "hbm_fraction": step.peak_bytes / chip.hbm_bytes}
+    _print(report, job, d, print_fn)
+    return report
+
+
+def _print(report: dict, job, d, print_fn) -> None:
     print_fn("config:\n" + json.dumps(job.resolved, indent=2))
     p = report["parameters"]
-    print_fn(f"devices: {report['devices']}; mesh {report['mesh']}")
+    print_fn(f"devices: {report['devices']}; mesh {report['mesh']}; global batch {report['global_batch']}")
     print_fn(f"parameters: generator {p['generator']:,}, critic {p['critic']:,}, discriminator head "
-             f"{p['discriminator_head']:,}, teacher {p['teacher']:,}; train state {_mib(report['state_bytes'])}")
-    print_fn(f"train step (one iteration: {d.spec.n_critic} critic update(s) + 1 generator update): "
-             f"{report['step_flops']:,.0f} FLOPs, {report['step_bytes_accessed']:,.0f} bytes accessed; "
-             f"compiled in {report['compile_seconds']} s")
-    print_fn("memory per device: " + ", ".join(f"{k} {_mib(v)}" for k, v in report["memory_per_device"].items()))
-    return report
+             f"{p['discriminator_head']:,}, teacher {p['teacher']:,}; train state {_gib(report['state_bytes'])}")
+    print_fn(f"train step (one iteration: {d.spec.n_critic} critic update(s) + 1 generator update), per device: "
+             f"{report['step_flops_per_device']:,.0f} FLOPs, {report['step_bytes_accessed_per_device']:,.0f} bytes "
+             f"accessed; compiled in {report['compile_seconds']} s")
+    sent = [f"{k} {_gib(v)}" for k, v in report["collective_bytes_per_device"].items() if v]
+    print_fn("collective bytes sent per device: " + (", ".join(sent) or "none"))
+    print_fn("memory per device: " + ", ".join(f"{k} {_gib(v)}" for k, v in report["memory_per_device"].items()))
+    if "estimate" in report:
+        e, c = report["estimate"], report["chip"]
+        print_fn(f"chip: {_gib(c['hbm_bytes'])} HBM; the step's peak is {100 * e['hbm_fraction']:.1f}% of it")
+        print_fn(f"estimated step: {e['estimate_s'] * 1e3:,.1f} ms = max(compute {e['compute_s'] * 1e3:,.1f}, "
+                 f"HBM {e['hbm_s'] * 1e3:,.1f}) + ICI {e['ici_s'] * 1e3:,.1f} ms; {e['images_per_s']:,.1f} images/s; "
+                 f"bound by {e['binds']}")
 
 
 def main() -> None:
     config = config_flags.DEFINE_config_file("config", None, "recipe file with get_config()")
+    topology = flags.DEFINE_string("topology", "", "plan for a TPU slice without its hardware, e.g. v5p:4x4x4, "
+                                   "v5p-64, v5e:16x16, v5e-256, v6e-256 (needs libtpu: pip install \"jax[tpu]\")")
+    num_prompts = flags.DEFINE_integer("num_prompts", 1024, "prompt bank rows when the config has no prompt file")
     flags.mark_flags_as_required(["config"])
-    run(lambda: info(config.value))
+    run(lambda: info(config.value, topology=topology.value, num_prompts=num_prompts.value))

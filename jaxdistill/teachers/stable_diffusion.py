@@ -204,9 +204,39 @@ def prompt_bank(sd: StableDiffusion, prompts: Sequence[str], resolution: int) ->
     return {"cond": sd.encode_prompts(list(prompts), resolution), "null": sd.encode_prompts([""], resolution)}
 
 
-def abstract_prompt_bank(sd: StableDiffusion, num_prompts: int, dtype=jnp.float32) -> dict:
-    """The shapes of `prompt_bank(sd, <num_prompts prompts>, ...)`, for compiling without encoding."""
-    return {"cond": sd.condition_shapes(num_prompts, dtype), "null": sd.condition_shapes(1, dtype)}
+def abstract_prompt_bank(sd: StableDiffusion, num_prompts: int, dtype=jnp.float32, rows_multiple: int = 1) -> dict:
+    """The shapes of `prompt_bank(sd, <num_prompts prompts>, ...)` (rows padded like
+    `sharded_prompt_bank`'s), for compiling without encoding."""
+    rows = -(-num_prompts // rows_multiple) * rows_multiple
+    return {"cond": sd.condition_shapes(rows, dtype), "null": sd.condition_shapes(1, dtype)}
+
+
+def sharded_prompt_bank(sd: StableDiffusion, prompts: Sequence[str], resolution: int, mesh, row_axes) -> dict:
+    """`prompt_bank` with the rows of "cond" split over the mesh axes `row_axes` and "null"
+    replicated. Each process encodes only the rows its own devices hold
+    (`jax.make_array_from_callback`), so a large prompt set is neither encoded nor stored whole
+    on every host. Rows are padded to a multiple of the axes' size by repeating the last prompt;
+    `sd_problem` draws only from the first len(prompts) rows, so padding is never sampled."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    axes = (row_axes,) if isinstance(row_axes, str) else tuple(row_axes)
+    shards = int(np.prod([mesh.shape[a] for a in axes]))
+    padded = list(prompts) + [prompts[-1]] * (-len(prompts) % shards)
+    null = sd.encode_prompts([""], resolution)
+    encoded = {}
+
+    def rows(index, key):
+        span = index[0].indices(len(padded))[:2]
+        if span not in encoded:
+            encoded[span] = jax.device_get(sd.encode_prompts(padded[span[0]:span[1]], resolution))
+        return encoded[span][key]
+
+    sharding = NamedSharding(mesh, P(axes))
+    cond = {k: jax.make_array_from_callback((len(padded),) + v.shape[1:], sharding,
+                                            lambda index, k=k: rows(index, k)).astype(v.dtype)
+            for k, v in null.items()}
+    replicated = NamedSharding(mesh, P())
+    return {"cond": cond, "null": jax.tree.map(lambda a: jax.device_put(a, replicated), null)}
 
 
 def read_prompts(path: str) -> list[str]:
@@ -221,9 +251,10 @@ def read_prompts(path: str) -> list[str]:
     return prompts
 
 
-def sd_problem(sd: StableDiffusion, unet_graphdef: Any, resolution: int):
+def sd_problem(sd: StableDiffusion, unet_graphdef: Any, resolution: int, num_prompts: int | None = None):
     """The distillation `Problem` of an SD teacher whose parameters are
-    {"unet": UNet params (pure dict), "prompts": prompt_bank(...)}."""
+    {"unet": UNet params (pure dict), "prompts": prompt_bank(...)}; conditions are drawn from the
+    bank's first `num_prompts` rows (default: all; padded rows beyond it are never drawn)."""
     from jaxdistill.train.step import Problem
 
     def teacher_apply(teacher, x, sigma, cond):
@@ -232,7 +263,7 @@ def sd_problem(sd: StableDiffusion, unet_graphdef: Any, resolution: int):
 
     def sample_conditions(teacher, key, n):
         bank = teacher["prompts"]
-        count = jax.tree.leaves(bank["cond"])[0].shape[0]
+        count = num_prompts or jax.tree.leaves(bank["cond"])[0].shape[0]
         idx = jax.random.randint(key, (n,), 0, count)
         cond = jax.tree.map(lambda a: a[idx], bank["cond"])
         uncond = jax.tree.map(lambda a: jnp.broadcast_to(a[0], (n,) + a.shape[1:]), bank["null"])
@@ -242,8 +273,8 @@ def sd_problem(sd: StableDiffusion, unet_graphdef: Any, resolution: int):
                    sample_conditions=sample_conditions)
 
 
-def conditions_for(bank: dict, n: int) -> dict:
-    """Conditioning of n fixed samples: the bank's prompts cycled."""
-    count = jax.tree.leaves(bank["cond"])[0].shape[0]
+def conditions_for(bank: dict, n: int, num_prompts: int | None = None) -> dict:
+    """Conditioning of n fixed samples: the bank's first `num_prompts` (default: all) prompts cycled."""
+    count = num_prompts or jax.tree.leaves(bank["cond"])[0].shape[0]
     idx = np.arange(n) % count
     return jax.tree.map(lambda a: a[idx], bank["cond"])

@@ -45,8 +45,10 @@ class Distiller:
         on_teacher: bool = False,
         abstract: bool = False,
         unroll_critic: bool = False,
+        teacher_specs: Any = None,
     ):
         self.spec, self.problem, self.batch_size = spec, problem, batch_size
+        self.teacher_specs = teacher_specs
         self.mesh = mesh if mesh is not None else shd.make_mesh((1, 1, 1), jax.devices()[:1])
         shd.check_batch(batch_size, self.mesh)
         self.nets, gen_params, critic_params = split_networks(
@@ -107,8 +109,12 @@ class Distiller:
         return config
 
     def teacher_sharding(self, teacher_params: Any) -> Any:
-        """Teacher parameters are replicated (frozen, never in an optimizer or a checkpoint)."""
-        return jax.tree.map(lambda _: NamedSharding(self.mesh, P()), teacher_params)
+        """The frozen teacher's placement (never in an optimizer or a checkpoint): `teacher_specs`
+        when given (a UNet teacher is sharded by the same rules as its copies, so an SDXL teacher
+        does not fill every chip), else replicated."""
+        if self.teacher_specs is None:
+            return jax.tree.map(lambda _: NamedSharding(self.mesh, P()), teacher_params)
+        return shd.named(self.mesh, self.teacher_specs)
 
     def compile(self, teacher_params: Any, compiler_options: dict | None = None):
         """Lower and compile the step once (explicit shardings, donated state); `compiler_options`

@@ -48,6 +48,7 @@ from jaxdistill.toy import toy_distiller
 from jaxdistill.train.checkpoint import Checkpointer
 from jaxdistill.train.engine import Distiller
 from jaxdistill.train.metric_writer import MetricWriter
+from jaxdistill.train import sharding as shd
 from jaxdistill.train.sharding import make_mesh, mesh_suggestions
 
 
@@ -129,7 +130,7 @@ class SDRun(Run):
     def conditions(self, n: int) -> dict:
         from jaxdistill.teachers.stable_diffusion import conditions_for
 
-        return conditions_for(self.teacher["prompts"], n)
+        return conditions_for(self.teacher["prompts"], n, len(self.prompts))
 
     @functools.cached_property
     def _decode(self):
@@ -197,13 +198,15 @@ class SDRun(Run):
         return out
 
 
-def build_teacher(teacher: ml_collections.ConfigDict):
+def build_teacher(teacher: ml_collections.ConfigDict, abstract: bool = False):
     """The mixture a `teacher` section describes (kind 'mixture'); SD folders go through `build_run`."""
     if teacher.kind == "mixture":
         return ring_mixture(num_modes=teacher.num_modes, radius=teacher.radius, std=teacher.std,
                             num_classes=teacher.get("num_classes", 1))
     if teacher.kind == "diffusers":
         path = teacher.get("path", "")
+        if abstract and not path and teacher.get("architecture"):
+            return None
         if not path or not os.path.isdir(path):
             raise RunError(
                 f"teacher.path={path!r} is not a folder. Stable Diffusion recipes read a diffusers-format folder "
@@ -215,54 +218,95 @@ def build_teacher(teacher: ml_collections.ConfigDict):
     raise RunError(f"teacher.kind={teacher.kind!r} is unknown; expected 'mixture' or 'diffusers'.")
 
 
-def _mesh(config):
+def _mesh(config, devices=None):
+    """The config's mesh over `devices` (default: every device of the run, all processes), which
+    must hold exactly its devices when several processes or a given device set are involved."""
     shape = tuple(config.mesh.shape)
-    n = jax.device_count()
-    if math.prod(shape) > n or (jax.process_count() > 1 and math.prod(shape) != n):
-        need = "exactly" if jax.process_count() > 1 else "at most"
-        raise RunError(f"mesh.shape={shape} needs {math.prod(shape)} devices; {n} are visible"
-                       f"{f' over {jax.process_count()} processes' if jax.process_count() > 1 else ''}. Set "
-                       f"--config.mesh.shape to a shape whose product is {need} {n}, e.g. {mesh_suggestions(n)}.")
-    return make_mesh(shape, jax.devices()[: math.prod(shape)])
+    exact = devices is not None or jax.process_count() > 1
+    devices = jax.devices() if devices is None else list(devices)
+    n = len(devices)
+    if math.prod(shape) > n or (exact and math.prod(shape) != n):
+        where = f" over {jax.process_count()} processes" if jax.process_count() > 1 else ""
+        raise RunError(f"mesh.shape={shape} needs {math.prod(shape)} devices; {n} are there{where}. Set "
+                       f"--config.mesh.shape to a shape whose product is {'exactly' if exact else 'at most'} {n}; "
+                       f"the nearest are {mesh_suggestions(n, shape)}.")
+    try:
+        mesh = make_mesh(shape, devices[: math.prod(shape)])
+    except ValueError as e:
+        raise RunError(f"mesh.shape: {e}") from e
+    try:
+        shd.check_batch(config.train.batch_size, mesh)
+    except ValueError as e:
+        raise RunError(f"train.{e}") from e
+    return mesh
 
 
-def build_run(config: ml_collections.ConfigDict) -> Run:
-    """The teacher, mesh and `Distiller` (fresh state) a config describes."""
-    teacher = build_teacher(config.teacher)
-    mesh = _mesh(config)
+def build_run(config: ml_collections.ConfigDict, *, devices=None, abstract: bool = False,
+              num_prompts: int = 1024) -> Run:
+    """The teacher, mesh and `Distiller` (fresh state) a config describes, on `devices` (default:
+    all of the run's devices). `abstract=True` builds shapes only, to compile the step and read
+    its costs (`jaxdistill info`): SD teachers from their config files or
+    `teacher.architecture`, with a prompt bank of the prompt file's length (else `num_prompts`),
+    and the critic loop unrolled so that XLA's cost analysis counts every critic update."""
+    teacher = build_teacher(config.teacher, abstract)
+    mesh = _mesh(config, devices)
     t = config.train
     if config.teacher.kind == "diffusers":
-        return _build_sd_run(config, mesh)
+        return _build_sd_run(config, mesh, abstract, num_prompts)
     d = toy_distiller(teacher, build_spec(config), batch_size=t.batch_size, hidden=config.model.hidden,
-                      depth=config.model.depth, seed=t.seed, mesh=mesh)
+                      depth=config.model.depth, seed=t.seed, mesh=mesh, abstract=abstract)
     return MixtureRun(config, teacher, d)
 
 
-def _build_sd_run(config: ml_collections.ConfigDict, mesh) -> SDRun:
+def _build_sd_run(config: ml_collections.ConfigDict, mesh, abstract: bool = False, num_prompts: int = 1024) -> SDRun:
     from flax import nnx
 
     from jaxdistill.models import DiscriminatorHead
+    from jaxdistill.models.layers import abstract_module
     from jaxdistill.models.weights import WeightsError
-    from jaxdistill.teachers.stable_diffusion import (StableDiffusion, UNetDenoiser, prompt_bank, read_prompts,
-                                                      sd_problem)
+    from jaxdistill.teachers.stable_diffusion import (StableDiffusion, UNetDenoiser, abstract_prompt_bank,
+                                                      read_prompts, sd_problem, sharded_prompt_bank)
 
     tc, m = config.teacher, config.model
     spec = build_spec(config)
+    if not m.init_from_teacher:
+        raise RunError("model.init_from_teacher=False is not supported: SD generators and critics start from the "
+                       "teacher's UNet (SiD, DMD2); set it to True.")
+    if abstract:
+        source = tc.path or tc.get("architecture", "")
+        try:
+            sd = StableDiffusion.abstract(source, dtype=jnp.dtype(m.compute_dtype), param_dtype=jnp.dtype(m.param_dtype),
+                                          attention_impl=m.attention, remat=m.remat)
+            prompts = read_prompts(tc.prompts) if tc.prompts else []
+            sd.latent_shape(tc.resolution)
+        except (WeightsError, FileNotFoundError, ValueError) as e:
+            raise RunError(f"cannot read the teacher's shapes from {source!r}: {e}") from e
+        unet_def, unet_params = nnx.split(sd.unet, nnx.Param)
+        prompts = prompts or [""] * num_prompts
+        shards = mesh.shape["data"] * mesh.shape["fsdp"]
+        teacher = {"unet": nnx.to_pure_dict(unet_params),
+                   "prompts": abstract_prompt_bank(sd, len(prompts), jnp.dtype(m.compute_dtype), shards)}
+        head = None
+        if spec.discriminator:
+            channels = sd.unet.config["block_out_channels"][-1]
+            head = abstract_module(lambda rngs: DiscriminatorHead(channels, channels, rngs=rngs))
+        d = Distiller(spec, sd_problem(sd, unet_def, tc.resolution, len(prompts)), UNetDenoiser(sd.unet, sd.schedule),
+                      UNetDenoiser(sd.unet, sd.schedule), head, batch_size=config.train.batch_size, mesh=mesh,
+                      seed=config.train.seed, abstract=True, unroll_critic=True,
+                      teacher_specs=_teacher_specs(sd.unet, teacher, mesh))
+        return SDRun(config, teacher, d, sd, prompts)
     try:
         prompts = read_prompts(tc.prompts)
         sd = StableDiffusion.from_pretrained(tc.path, dtype=jnp.dtype(m.compute_dtype),
                                              param_dtype=jnp.dtype(m.param_dtype), attention_impl=m.attention,
                                              remat=m.remat, variant=tc.variant or None)
-        bank = prompt_bank(sd, prompts, tc.resolution)
+        bank = sharded_prompt_bank(sd, prompts, tc.resolution, mesh, shd.BATCH_AXES)
         sd.latent_shape(tc.resolution)  # a resolution the VAE and UNet cannot take fails here, as a RunError
     except (WeightsError, FileNotFoundError, ValueError) as e:
         raise RunError(f"cannot load the teacher in teacher.path={tc.path!r}: {e}") from e
-    if not m.init_from_teacher:
-        raise RunError("model.init_from_teacher=False is not supported: SD generators and critics start from the "
-                       "teacher's UNet (SiD, DMD2); set it to True.")
     unet_def, unet_params = nnx.split(sd.unet, nnx.Param)
     teacher = {"unet": nnx.to_pure_dict(unet_params), "prompts": bank}
-    problem = sd_problem(sd, unet_def, tc.resolution)
+    problem = sd_problem(sd, unet_def, tc.resolution, len(prompts))
     # Own copies of the teacher's weights: the train step donates the state, never the teacher.
     def copy_of_teacher():
         graphdef, state = nnx.split(sd.unet)
@@ -274,7 +318,7 @@ def _build_sd_run(config: ml_collections.ConfigDict, mesh) -> SDRun:
         channels = sd.unet.config["block_out_channels"][-1]
         head = DiscriminatorHead(channels, channels, rngs=nnx.Rngs(config.train.seed + 2))
     d = Distiller(spec, problem, gen, critic, head, batch_size=config.train.batch_size, mesh=mesh,
-                  seed=config.train.seed)
+                  seed=config.train.seed, teacher_specs=_teacher_specs(sd.unet, teacher, mesh))
     judge = None
     if tc.get("judge"):
         from jaxdistill.world import judge as judge_lib
@@ -284,6 +328,18 @@ def _build_sd_run(config: ml_collections.ConfigDict, mesh) -> SDRun:
         except (WeightsError, FileNotFoundError) as e:
             raise RunError(f"cannot load the judge in teacher.judge={tc.judge!r}: {e}") from e
     return SDRun(config, teacher, d, sd, prompts, judge)
+
+
+def _teacher_specs(unet, teacher: dict, mesh) -> dict:
+    """The SD teacher's UNet sharded by the parameter rules (like the generator and critic), its
+    prompt bank's rows over the batch axes (`sharded_prompt_bank`), the null prompt replicated."""
+    from jax.sharding import PartitionSpec as P
+
+    bank = teacher["prompts"]
+    specs = {"unet": shd.param_specs(unet), "prompts": {"cond": jax.tree.map(lambda _: P(shd.BATCH_AXES), bank["cond"]),
+                                                       "null": jax.tree.map(lambda _: P(), bank["null"])}}
+    shd.check_divisible(teacher["unet"], specs["unet"], mesh)
+    return specs
 
 
 def _check_compatible(saved: dict, config: dict, workdir: str) -> None:

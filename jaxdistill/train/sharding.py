@@ -83,7 +83,8 @@ def check_divisible(params: Any, specs: Any, mesh) -> None:
             if dim % size:
                 raise ValueError(
                     f"parameter {jax.tree_util.keystr(path)} of shape {x.shape} cannot be sharded as {spec}: "
-                    f"dimension {dim} is not divisible by mesh size {size}; change the rules or the mesh."
+                    f"dimension {dim} is not divisible by mesh size {size}; change the rules or the mesh (sizes "
+                    f"that divide it near {size}: {sorted((d for d in range(1, dim + 1) if dim % d == 0), key=lambda d: (abs(math.log2(d / size)), -d))[:3]})."
                 )
     jax.tree_util.tree_map_with_path(check, params, specs, is_leaf=lambda x: isinstance(x, P))
 

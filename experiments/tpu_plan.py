@@ -1,0 +1,126 @@
+"""Planning table: SiD-LSG and DMD2 with SD1.5 (512²) and SDXL (1024²) on TPU slices, compiled
+ahead of time on a CPU host (`jaxdistill info --topology`; needs the libtpu extra).
+
+    pip install "jax[tpu]==$(python -c 'import jax; print(jax.__version__)')"
+    python experiments/tpu_plan.py                      # every row (hours on a 2-core host)
+    python experiments/tpu_plan.py --rows sid_lsg/sdxl/v5e-256 --out /tmp/plan.md
+
+For each row (recipe, teacher, slice, mesh, remat policy) it compiles the full train step at the
+published recipe's global batch, then doubles the batch while it fits (or halves it until it
+does), up to `--max_tries` compiles; the largest batch that compiled is the row's. "Fits" is the
+TPU compiler's own verdict against the chip's HBM. Per-chip memory is XLA's memory analysis of
+that step, and images/s the roofline estimate of `jaxdistill.train.costs` from the chip's
+published peak rates (not a measurement). Each row prints as soon as it is done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+from absl import logging
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# name: (recipe file, teacher architecture, resolution, published global batch)
+RECIPES = {
+    "sid_lsg/sd15": ("sid_lsg_sd15.py", "sd15", 512, 512),
+    "sid_lsg/sdxl": ("sid_lsg_sd15.py", "sdxl", 1024, 256),
+    "dmd2/sd15": ("dmd2_sdxl.py", "sd15", 512, 2048),
+    "dmd2/sdxl": ("dmd2_sdxl.py", "sdxl", 1024, 128),
+}
+# slice: (mesh (data, fsdp, tensor), remat policy). fsdp must divide every UNet width (320, 640,
+# 1280): at most 64 on these slices.
+SLICES = {
+    "v5p-8": ((1, 4, 1), "dots_saveable"),
+    "v5p-64": ((1, 32, 1), "dots_saveable"),
+    "v5e-256": ((4, 64, 1), "full"),
+    "v6e-256": ((4, 64, 1), "dots_saveable"),
+}
+
+
+def plan(recipe: str, slice_name: str, batch: int, mesh, remat: str) -> dict:
+    """`info` of one configuration; {'fits': False, 'needs': bytes} when the compiler says it does not fit."""
+    from ml_collections import config_flags  # noqa: F401  (the config files import ml_collections)
+
+    from jaxdistill.commands.info import info
+    from jaxdistill.train.program import RunError
+    import importlib.util
+
+    path, arch, resolution, _ = RECIPES[recipe]
+    spec = importlib.util.spec_from_file_location("recipe", os.path.join(ROOT, "configs", path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.teacher.update(architecture=arch, resolution=resolution, path="")
+    config.mesh.shape = tuple(mesh)
+    config.train.batch_size = batch
+    config.model.update(remat=remat, attention="xla")
+    start = time.perf_counter()
+    try:
+        report = info(config, topology=slice_name, print_fn=lambda *_: None)
+    except RunError as e:
+        if "does not fit" not in str(e):
+            raise
+        return {"fits": False, "batch": batch, "seconds": time.perf_counter() - start, "error": str(e)}
+    return {"fits": True, "batch": batch, "seconds": time.perf_counter() - start, **report}
+
+
+def search(recipe: str, slice_name: str, max_tries: int) -> tuple[dict | None, list]:
+    mesh, remat = SLICES[slice_name]
+    shards = mesh[0] * mesh[1]
+    batch = max(RECIPES[recipe][3] // shards, 1) * shards
+    tried, best = [], None
+    while len(tried) < max_tries and batch >= shards:
+        r = plan(recipe, slice_name, batch, mesh, remat)
+        tried.append((batch, r["fits"], round(r["seconds"])))
+        if r["fits"]:
+            best = r if best is None or r["batch"] > best["batch"] else best
+            if any(b > batch and not ok for b, ok, _ in tried):
+                break
+            batch *= 2
+        else:
+            if best is not None:
+                break
+            batch = batch // 2 // shards * shards
+    return best, tried
+
+
+def row(recipe: str, slice_name: str, best: dict | None, tried: list) -> str:
+    mesh, remat = SLICES[slice_name]
+    attempts = ", ".join(f"{b}{'✓' if ok else '✗'} ({s} s)" for b, ok, s in tried)
+    if best is None:
+        return f"| {recipe} | {slice_name} | {mesh} | {remat} | none fits | | | | {attempts} |"
+    m, e = best["memory_per_device"], best["estimate"]
+    return (f"| {recipe} | {slice_name} | {mesh} | {remat} | {best['batch']} | {m['peak'] / 2**30:.2f} GiB "
+            f"({100 * e['hbm_fraction']:.0f}%) | {e['images_per_s']:,.1f} | {e['binds']} | {attempts} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="", help="comma-separated recipe/teacher/slice, e.g. sid_lsg/sdxl/v5e-256")
+    parser.add_argument("--max_tries", type=int, default=3)
+    parser.add_argument("--out", default="", help="also append the rows (markdown) and JSON reports here")
+    args = parser.parse_args()
+    logging.set_verbosity(logging.ERROR)
+    rows = ([r.rsplit("/", 1) for r in args.rows.split(",")] if args.rows
+            else [(r, s) for r in RECIPES for s in SLICES])
+    print("| recipe | slice | mesh (data, fsdp, tensor) | remat | largest global batch | per-chip peak (of HBM) "
+          "| est. images/s | binds | compiles: batch fits? (compile s) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for recipe, slice_name in rows:
+        best, tried = search(recipe, slice_name, args.max_tries)
+        line = row(recipe, slice_name, best, tried)
+        print(line, flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(line + "\n")
+            with open(args.out + ".jsonl", "a") as f:
+                f.write(json.dumps({"recipe": recipe, "slice": slice_name, "tried": tried, "best": best},
+                                   default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""Planning a run without its weights or its hardware (`jaxdistill info [--topology]`): the
+abstract build against the loaded one, the cost report, topology names, and the errors."""
+
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxdistill.commands.info import info
+from jaxdistill.recipes import build_spec, mixture_config, sd_config
+from jaxdistill.teachers import ring_mixture
+from jaxdistill.teachers.stable_diffusion import StableDiffusion, abstract_prompt_bank, prompt_bank
+from jaxdistill.toy import toy_distiller
+from jaxdistill.train import costs
+from jaxdistill.train import topology as tpu
+from jaxdistill.train.program import RunError, _mesh
+from jaxdistill.train.sharding import make_mesh
+
+from sd_folder import make_tiny_sd
+
+
+def _shapes(tree):
+    return jax.tree.map(lambda x: (tuple(x.shape), jnp.dtype(x.dtype)), tree)
+
+
+@pytest.mark.parametrize("kind", ["sd15", "sdxl"])
+def test_the_abstract_teacher_has_the_loaded_teachers_shapes_from_config_files_alone(tmp_path, kind):
+    folder = make_tiny_sd(str(tmp_path / kind), kind)
+    sd = StableDiffusion.from_pretrained(folder)
+    bank = prompt_bank(sd, ["a red circle", "", "a blue square"], 32)
+    for path in tmp_path.rglob("*.safetensors"):  # planning reads config files only
+        path.unlink()
+    shutil.rmtree(os.path.join(folder, "tokenizer"))
+    abstract = StableDiffusion.abstract(folder)
+    assert _shapes(abstract_prompt_bank(abstract, 3)) == _shapes({"cond": bank["cond"], "null": prompt_bank(sd, [""], 32)["cond"]})
+    assert _shapes(nnx.state(abstract.unet, nnx.Param)) == _shapes(nnx.state(sd.unet, nnx.Param))
+    assert abstract.latent_shape(32) == sd.latent_shape(32) and abstract.is_sdxl == (kind == "sdxl")
+    np.testing.assert_array_equal(abstract.schedule.sigmas, sd.schedule.sigmas)
+
+
+def test_published_architectures_need_no_folder():
+    sd15, sdxl = StableDiffusion.abstract("sd15"), StableDiffusion.abstract("sdxl")
+    count = lambda sd: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(sd.unet, nnx.Param)))  # noqa: E731
+    assert (count(sd15), count(sdxl)) == (859_520_964, 2_567_463_684)
+    assert _shapes(sd15.condition_shapes(5)) == {"context": ((5, 77, 768), jnp.dtype(jnp.float32))}
+    assert {k: v.shape for k, v in sdxl.condition_shapes(2).items()} == {
+        "context": (2, 77, 2048), "text_embeds": (2, 1280), "time_ids": (2, 6)}
+    assert sd15.latent_shape(512) == (64, 64, 4) and sdxl.latent_shape(1024) == (128, 128, 4)
+    assert StableDiffusion.abstract("sd21").schedule.prediction_type == "v_prediction"
+    with pytest.raises(ValueError, match=r"teacher.architecture='sd3' is not known; use one of \['sd15', 'sd21', 'sdxl'\]"):
+        StableDiffusion.abstract("sd3")
+
+
+def test_the_abstract_state_is_the_concrete_one_without_its_arrays():
+    spec = build_spec(mixture_config("dmd2", "tiny"))
+    mesh = make_mesh((4, 2, 1))
+    kw = dict(batch_size=16, hidden=32, depth=2, seed=0, mesh=mesh)
+    gm = ring_mixture(num_modes=4, radius=2.0, std=0.5)
+    concrete, abstract = toy_distiller(gm, spec, **kw), toy_distiller(gm, spec, abstract=True, **kw)
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(abstract.state))
+    assert _shapes(abstract.state) == _shapes(concrete.state)
+    assert jax.tree.map(lambda x: x.sharding, abstract.state) == jax.tree.map(lambda x: x.sharding, concrete.state)
+
+
+def test_info_reports_collectives_when_weights_are_sharded():
+    config = mixture_config("sid", "tiny")
+    config.mesh.shape = (4, 2, 1)
+    lines = []
+    report = info(config, print_fn=lines.append)
+    assert report["collective_bytes_per_device"]["all-reduce"] > 0  # gradients over the data axis
+    assert report["memory_per_device"]["peak"] >= report["memory_per_device"]["argument"] > 0
+    assert "estimate" not in report  # no chip figures for a CPU
+    assert any(line.startswith("collective bytes sent per device: all-reduce") for line in lines)
+
+
+@pytest.mark.parametrize("name,shape,slice_name", [
+    ("v5p:4x4x4", (4, 4, 4), "v5p-128"), ("v5p-64", (2, 4, 4), "v5p-64"), ("v5p-8", (2, 2, 1), "v5p-8"),
+    ("v5e:16x16", (16, 16), "v5e-256"), ("v5e-256", (16, 16), "v5e-256"), ("v6e-256", (16, 16), "v6e-256"),
+])
+def test_topology_names(name, shape, slice_name):
+    t = tpu.parse(name)
+    assert (t.shape, t.slice_name) == (shape, slice_name)
+
+
+@pytest.mark.parametrize("name,message", [
+    ("v7x:2x2", r"generation in \['v5e', 'v5p', 'v6e'\]"),
+    ("v5p:3x3x3", "the nearest are v5p:2x4x4, v5p:2x2x4, v5p:4x4x4"),
+    ("v5e-300", "the nearest are v5e-256, v5e-128, v5e-64"),
+    ("v5p-63", r"TensorCores \(2 per chip\); the nearest are v5p-64"),
+    ("tpu", "is not a TPU slice jaxdistill knows"),
+])
+def test_a_topology_that_does_not_exist_names_the_nearest(name, message):
+    with pytest.raises(ValueError, match=message):
+        tpu.parse(name)
+    with pytest.raises(RunError, match=message):
+        info(mixture_config("sid", "tiny"), topology=name)
+
+
+def test_a_mesh_or_batch_that_does_not_divide_names_the_nearest():
+    config = mixture_config("sid", "tiny")
+    config.mesh.shape = (4, 4, 1)
+    with pytest.raises(RunError, match=r"needs 16 devices; 8 are there.*nearest are \[\(4, 2, 1\), \(2, 4, 1\), "):
+        _mesh(config, jax.devices())
+    config.mesh.shape = (3, 1, 1)  # a given device set (a topology) must be used whole
+    with pytest.raises(RunError, match=r"product is exactly 8; the nearest are \[\(8, 1, 1\), \(4, 2, 1\), \(4, 1, 2\)\]"):
+        _mesh(config, jax.devices())
+    config.mesh.shape, config.train.batch_size = (4, 2, 1), 20
+    with pytest.raises(RunError, match=r"train.batch_size=20 does not fit the mesh.*the nearest that fit are 16 and 24"):
+        _mesh(config, jax.devices())
+
+
+HLO = """
+  %all-reduce.1 = f32[1024]{0} all-reduce(%x), channel_id=1, replica_groups=[2,4]<=[8], to_apply=%add
+  %all-gather-start = (bf16[256,64]{1,0}, bf16[1024,64]{1,0}) all-gather-start(%y), replica_groups={{0,1,2,3},{4,5,6,7}}
+  %all-gather-done = bf16[1024,64]{1,0} all-gather-done(%all-gather-start)
+  %reduce-scatter = f32[128]{0:T(1024)} reduce-scatter(%z), replica_groups=mesh['data'=2,'fsdp'=4] {'fsdp'}
+  %collective-permute = s32[10]{0} collective-permute(%w), source_target_pairs={{0,1},{1,0}}
+"""
+
+
+def test_collective_bytes_follow_the_ring_model():
+    sent = costs.collective_bytes(HLO, num_devices=8)
+    assert sent["all-reduce"] == 4096 * 2 * 3 / 4
+    assert sent["all-gather"] == 1024 * 64 * 2 * 3 / 4  # the result of the async start, once
+    assert sent["reduce-scatter"] == 512 * 3
+    assert sent["collective-permute"] == 40 and sent["all-to-all"] == 0
+
+
+def test_an_out_of_memory_compile_error_is_read():
+    e = RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
+                     "(32.00G) exceeds available HBM (15.75G).")
+    assert costs.hbm_shortfall(e) == (32 * 2**30, int(15.75 * 2**30))
+    assert costs.hbm_shortfall(RuntimeError("Used 17.5G of 15.75G hbm. Exceeded hbm capacity by 1.75G.")) == (
+        int(17.5 * 2**30), int(15.75 * 2**30))
+    assert costs.hbm_shortfall(ValueError("something else")) is None
+
+
+def _has_libtpu() -> bool:
+    try:
+        tpu.devices(tpu.parse("v5e:2x2"))
+        return True
+    except RuntimeError:
+        return False
+
+
+@pytest.mark.skipif(not _has_libtpu(), reason="needs the libtpu extra: pip install \"jax[tpu]==<jax version>\"")
+def test_a_step_compiles_for_a_tpu_slice_without_one():
+    config = mixture_config("dmd2", "tiny")
+    config.mesh.shape = (2, 2, 1)
+    report = info(config, topology="v5e:2x2", print_fn=lambda *_: None)
+    assert report["devices"].startswith("4 × TPU v5 lite (v5e:2x2, v5e-4)")
+    assert report["estimate"]["images_per_s"] > 0 and report["estimate"]["binds"] in ("compute", "hbm", "ici")
+
+
+@pytest.mark.heavy
+def test_info_compiles_a_stable_diffusion_step_from_config_files_alone(tmp_path):
+    folder = make_tiny_sd(str(tmp_path / "sd"), "sd15")
+    for path in tmp_path.rglob("*.safetensors"):
+        path.unlink()
+    config = sd_config("sid_lsg", "tiny", resolution=32, guidance="sid_lsg", kappa=1.5,
+                       optim=dict(gen_lr=1e-6, critic_lr=1e-6, n_critic=1, ema_decay=0.99), batch_size=8, steps=2)
+    config.teacher.path, config.mesh.shape = folder, (2, 2, 1)
+    report = info(config, print_fn=lambda *_: None)
+    assert report["collective_bytes_per_device"]["all-gather"] > 0  # fsdp-sharded generator, critic and teacher
+    assert report["parameters"]["teacher"] > report["parameters"]["generator"] > 0
+
+
+def test_the_prompt_bank_is_split_over_the_batch_axes_and_padding_is_never_drawn(tmp_path):
+    from jaxdistill.teachers.stable_diffusion import sd_problem, sharded_prompt_bank
+    from jaxdistill.train.sharding import BATCH_AXES
+
+    sd = StableDiffusion.from_pretrained(make_tiny_sd(str(tmp_path / "sd"), "sdxl"))
+    prompts = ["a red circle", "a blue square", "a green triangle"]
+    mesh = make_mesh((4, 2, 1))
+    bank = sharded_prompt_bank(sd, prompts, 32, mesh, BATCH_AXES)
+    whole = prompt_bank(sd, prompts, 32)
+    for key, rows in bank["cond"].items():
+        assert rows.shape[0] == 8 and rows.sharding.spec == jax.sharding.PartitionSpec(BATCH_AXES)
+        np.testing.assert_allclose(np.asarray(rows[:3]), np.asarray(whole["cond"][key]), atol=1e-6)
+        np.testing.assert_allclose(np.asarray(rows[3:]), np.broadcast_to(np.asarray(whole["cond"][key][2:]),
+                                                                        rows[3:].shape), atol=1e-6)
+    unet_def, unet = nnx.split(sd.unet, nnx.Param)
+    problem = sd_problem(sd, unet_def, 32, num_prompts=len(prompts))
+    cond, _ = jax.jit(problem.sample_conditions, static_argnums=2)({"prompts": bank}, jax.random.key(0), 256)
+    drawn = np.asarray(cond["text_embeds"])
+    which = np.argmin(((drawn[:, None] - np.asarray(whole["cond"]["text_embeds"])[None]) ** 2).sum(-1), axis=1)
+    assert np.allclose(drawn, np.asarray(whole["cond"]["text_embeds"])[which], atol=1e-6)
+    assert set(which) == {0, 1, 2} and np.bincount(which).min() > 60  # uniform over the real prompts only
