@@ -39,7 +39,9 @@ def cluster_described(env: Mapping[str, str]) -> str | None:
         return "SLURM"
     if count("OMPI_COMM_WORLD_SIZE") > 1:
         return "Open MPI"
-    if "," in env.get("TPU_WORKER_HOSTNAMES", "") or env.get("MEGASCALE_COORDINATOR_ADDRESS"):
+    hosts = env.get("TPU_WORKER_HOSTNAMES", "").split(",")
+    # (libtpu itself may fill the variable with a sentence containing commas on a non-TPU host)
+    if (len(hosts) > 1 and all(h and " " not in h for h in hosts)) or env.get("MEGASCALE_COORDINATOR_ADDRESS"):
         return "Cloud TPU (multi-host)"
     return None
 

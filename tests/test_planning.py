@@ -163,7 +163,7 @@ def test_info_compiles_a_stable_diffusion_step_from_config_files_alone(tmp_path)
         path.unlink()
     config = sd_config("sid_lsg", "tiny", resolution=32, guidance="sid_lsg", kappa=1.5,
                        optim=dict(gen_lr=1e-6, critic_lr=1e-6, n_critic=1, ema_decay=0.99), batch_size=8, steps=2)
-    config.teacher.path, config.mesh.shape = folder, (2, 2, 1)
+    config.teacher.path, config.mesh.shape, config.train.batch_size = folder, (2, 2, 1), 8
     report = info(config, print_fn=lambda *_: None)
     assert report["collective_bytes_per_device"]["all-gather"] > 0  # fsdp-sharded generator, critic and teacher
     assert report["parameters"]["teacher"] > report["parameters"]["generator"] > 0
