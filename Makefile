@@ -29,8 +29,8 @@ demo: $(VENV)/.installed
 # Two sessions: everything on 8 fake CPU devices, then the long single-device trainings on one
 # (tests/conftest.py says why).
 # `heavy` tests (end-to-end Stable Diffusion training on a tiny folder, few-step SiD and the
-# guidance distillations on the mixture, the world teacher and judge training commands: about
-# 5 min together) stay out of `make test` to keep
+# guidance distillations on the mixture, the world teacher and judge training commands, the
+# SD planning compile, the two-process SIGTERM run: about 8 min together) stay out of `make test` to keep
 # it under CI's 10 minutes; `make test-all` runs everything.
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -q -m "not single_device and not heavy"

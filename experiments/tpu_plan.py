@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import time
 
 from absl import logging
@@ -34,10 +35,10 @@ RECIPES = {
 # slice: (mesh (data, fsdp, tensor), remat policy). fsdp must divide every UNet width (320, 640,
 # 1280): at most 64 on these slices.
 SLICES = {
-    "v5p-8": ((1, 4, 1), "dots_saveable"),
-    "v5p-64": ((1, 32, 1), "dots_saveable"),
+    "v5p-8": ((1, 4, 1), "full"),
+    "v5p-64": ((1, 32, 1), "full"),
     "v5e-256": ((4, 64, 1), "full"),
-    "v6e-256": ((4, 64, 1), "dots_saveable"),
+    "v6e-256": ((4, 64, 1), "full"),
 }
 
 
@@ -68,17 +69,19 @@ def plan(recipe: str, slice_name: str, batch: int, mesh, remat: str) -> dict:
     return {"fits": True, "batch": batch, "seconds": time.perf_counter() - start, **report}
 
 
-def search(recipe: str, slice_name: str, max_tries: int) -> tuple[dict | None, list]:
-    mesh, remat = SLICES[slice_name]
+def search(recipe: str, slice_name: str, max_tries: int, batch: int = 0, remat: str = "") -> tuple[dict | None, list]:
+    mesh, default_remat = SLICES[slice_name]
+    remat = remat or default_remat
     shards = mesh[0] * mesh[1]
-    batch = max(RECIPES[recipe][3] // shards, 1) * shards
+    batch = max((batch or RECIPES[recipe][3]) // shards, 1) * shards
     tried, best = [], None
     while len(tried) < max_tries and batch >= shards:
         r = plan(recipe, slice_name, batch, mesh, remat)
-        tried.append((batch, r["fits"], round(r["seconds"])))
+        needs = re.search(r"needs ([\d.,]+ GiB)", r.get("error", ""))
+        tried.append((batch, r["fits"], round(r["seconds"]), needs.group(1) if needs else ""))
         if r["fits"]:
             best = r if best is None or r["batch"] > best["batch"] else best
-            if any(b > batch and not ok for b, ok, _ in tried):
+            if any(b > batch and not ok for b, ok, *_ in tried):
                 break
             batch *= 2
         else:
@@ -88,13 +91,16 @@ def search(recipe: str, slice_name: str, max_tries: int) -> tuple[dict | None, l
     return best, tried
 
 
-def row(recipe: str, slice_name: str, best: dict | None, tried: list) -> str:
-    mesh, remat = SLICES[slice_name]
-    attempts = ", ".join(f"{b}{'✓' if ok else '✗'} ({s} s)" for b, ok, s in tried)
+def row(recipe: str, slice_name: str, best: dict | None, tried: list, remat: str = "") -> str:
+    mesh, default_remat = SLICES[slice_name]
+    remat = remat or default_remat
+    attempts = ", ".join(f"{b} {'fits' if ok else f'needs {need} temporaries'} ({s} s)" for b, ok, s, need in tried)
     if best is None:
-        return f"| {recipe} | {slice_name} | {mesh} | {remat} | none fits | | | | {attempts} |"
+        return f"| {recipe} | {slice_name} | {mesh} | {remat} | < {min(t[0] for t in tried)} | | | | {attempts} |"
     m, e = best["memory_per_device"], best["estimate"]
-    return (f"| {recipe} | {slice_name} | {mesh} | {remat} | {best['batch']} | {m['peak'] / 2**30:.2f} GiB "
+    exact = any(t[0] > best["batch"] and not t[1] for t in tried)
+    largest = f"{best['batch']}" if exact else f"≥ {best['batch']}"
+    return (f"| {recipe} | {slice_name} | {mesh} | {remat} | {largest} | {m['peak'] / 2**30:.2f} GiB "
             f"({100 * e['hbm_fraction']:.0f}%) | {e['images_per_s']:,.1f} | {e['binds']} | {attempts} |")
 
 
@@ -102,17 +108,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="", help="comma-separated recipe/teacher/slice, e.g. sid_lsg/sdxl/v5e-256")
     parser.add_argument("--max_tries", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=0, help="first global batch to try (default: the recipe's)")
+    parser.add_argument("--remat", default="", help="remat policy for every row (default: the slice's in SLICES)")
     parser.add_argument("--out", default="", help="also append the rows (markdown) and JSON reports here")
     args = parser.parse_args()
     logging.set_verbosity(logging.ERROR)
     rows = ([r.rsplit("/", 1) for r in args.rows.split(",")] if args.rows
             else [(r, s) for r in RECIPES for s in SLICES])
     print("| recipe | slice | mesh (data, fsdp, tensor) | remat | largest global batch | per-chip peak (of HBM) "
-          "| est. images/s | binds | compiles: batch fits? (compile s) |")
+          "| est. images/s | binds | compiles: global batch, verdict (compile s on a 2-core host) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for recipe, slice_name in rows:
-        best, tried = search(recipe, slice_name, args.max_tries)
-        line = row(recipe, slice_name, best, tried)
+        best, tried = search(recipe, slice_name, args.max_tries, args.batch, args.remat)
+        line = row(recipe, slice_name, best, tried, args.remat)
         print(line, flush=True)
         if args.out:
             with open(args.out, "a") as f:

@@ -103,6 +103,7 @@ def test_bad_distributed_settings_name_the_value(kwargs, message):
         distributed.initialize(**kwargs)
 
 
+@pytest.mark.heavy  # ~50 s; the parity test above keeps the two-process path in `make test`
 def test_sigterm_to_one_process_stops_both_at_the_same_step_with_a_checkpoint(tmp_path):
     """JAX's preemption service: a SIGTERM seen by any process stops every process after one
     agreed step, and the checkpoint of that step is written by all of them."""
