@@ -129,10 +129,17 @@ def test_cli_run_then_sample_eval_export_info_and_a_corrupted_checkpoint(tmp_pat
     with pytest.raises(RunError, match="already exists"):
         export(str(workdir), exported, print_fn=lambda *_: None)
 
-    # `info`: the compiled step's FLOPs and memory from XLA, without training.
+    # `info`: the compiled step's FLOPs, memory and collectives from XLA, without training, here
+    # with the weights sharded over fsdp.
     lines = []
-    report = info(_tiny(), print_fn=lines.append)
+    config = _tiny()
+    config.mesh.shape = (4, 2, 1)
+    report = info(config, print_fn=lines.append)
     assert report["step_flops_per_device"] > 0 and report["memory_per_device"]["argument"] > 0
+    assert report["collective_bytes_per_device"]["all-reduce"] > 0  # gradients over the data axis
+    assert report["memory_per_device"]["peak"] >= report["memory_per_device"]["argument"]
+    assert "estimate" not in report  # no chip figures for a CPU
+    assert any(line.startswith("collective bytes sent per device: all-reduce") for line in lines)
     assert report["parameters"]["generator"] == sum(np.prod(np.shape(x)) for x in jax.tree.leaves(ema))
     assert any("FLOPs" in line for line in lines) and any("memory per device" in line for line in lines)
 
