@@ -98,8 +98,7 @@ class StableDiffusion:
         if os.path.isdir(source):
             unet_config = read_config(os.path.join(source, "unet"))
             schedule = VPSchedule.from_config(read_config(os.path.join(source, "scheduler"), "scheduler_config.json"))
-            with open(os.path.join(source, "model_index.json")) as f:
-                model_index = json.load(f)
+            model_index = read_config(source, "model_index.json")
             pixel_space = model_index.get("vae", [None, None])[0] is None
             factor = 1 if pixel_space else 2 ** (len(read_config(os.path.join(source, "vae"))["block_out_channels"]) - 1)
             zeros = bool(model_index.get("force_zeros_for_empty_prompt", False))

@@ -69,7 +69,6 @@ class Distiller:
             critic_opt=shd.opt_state_specs(self.critic_tx, critic_params, critic_specs),
             step=P(), key=P())
         self.state_sharding = shd.named(self.mesh, self.state_specs)
-        self.abstract = abstract
         if abstract:
             shapes = jax.eval_shape(lambda g, c: init_state(g, c, self.gen_tx, self.critic_tx, seed),
                                     gen_params, critic_params)

@@ -49,7 +49,6 @@ from jaxdistill.train.checkpoint import Checkpointer
 from jaxdistill.train.engine import Distiller
 from jaxdistill.train.metric_writer import MetricWriter
 from jaxdistill.train import sharding as shd
-from jaxdistill.train.sharding import make_mesh, mesh_suggestions
 
 
 class RunError(RuntimeError):
@@ -229,9 +228,9 @@ def _mesh(config, devices=None):
         where = f" over {jax.process_count()} processes" if jax.process_count() > 1 else ""
         raise RunError(f"mesh.shape={shape} needs {math.prod(shape)} devices; {n} are there{where}. Set "
                        f"--config.mesh.shape to a shape whose product is {'exactly' if exact else 'at most'} {n}; "
-                       f"the nearest are {mesh_suggestions(n, shape)}.")
+                       f"the nearest are {shd.mesh_suggestions(n, shape)}.")
     try:
-        mesh = make_mesh(shape, devices[: math.prod(shape)])
+        mesh = shd.make_mesh(shape, devices[: math.prod(shape)])
     except ValueError as e:
         raise RunError(f"mesh.shape: {e}") from e
     try:
@@ -272,55 +271,42 @@ def _build_sd_run(config: ml_collections.ConfigDict, mesh, abstract: bool = Fals
     if not m.init_from_teacher:
         raise RunError("model.init_from_teacher=False is not supported: SD generators and critics start from the "
                        "teacher's UNet (SiD, DMD2); set it to True.")
-    if abstract:
-        source = tc.path or tc.get("architecture", "")
-        try:
-            sd = StableDiffusion.abstract(source, dtype=jnp.dtype(m.compute_dtype), param_dtype=jnp.dtype(m.param_dtype),
-                                          attention_impl=m.attention, remat=m.remat)
-            prompts = read_prompts(tc.prompts) if tc.prompts else []
-            sd.latent_shape(tc.resolution)
-        except (WeightsError, FileNotFoundError, ValueError) as e:
-            raise RunError(f"cannot read the teacher's shapes from {source!r}: {e}") from e
-        unet_def, unet_params = nnx.split(sd.unet, nnx.Param)
-        prompts = prompts or [""] * num_prompts
-        shards = mesh.shape["data"] * mesh.shape["fsdp"]
-        teacher = {"unet": nnx.to_pure_dict(unet_params),
-                   "prompts": abstract_prompt_bank(sd, len(prompts), jnp.dtype(m.compute_dtype), shards)}
-        head = None
-        if spec.discriminator:
-            channels = sd.unet.config["block_out_channels"][-1]
-            head = abstract_module(lambda rngs: DiscriminatorHead(channels, channels, rngs=rngs))
-        d = Distiller(spec, sd_problem(sd, unet_def, tc.resolution, len(prompts)), UNetDenoiser(sd.unet, sd.schedule),
-                      UNetDenoiser(sd.unet, sd.schedule), head, batch_size=config.train.batch_size, mesh=mesh,
-                      seed=config.train.seed, abstract=True, unroll_critic=True,
-                      teacher_specs=_teacher_specs(sd.unet, teacher, mesh))
-        return SDRun(config, teacher, d, sd, prompts)
+    kw = dict(dtype=jnp.dtype(m.compute_dtype), param_dtype=jnp.dtype(m.param_dtype), attention_impl=m.attention,
+              remat=m.remat)
+    source = (tc.path or tc.get("architecture", "")) if abstract else tc.path
     try:
-        prompts = read_prompts(tc.prompts)
-        sd = StableDiffusion.from_pretrained(tc.path, dtype=jnp.dtype(m.compute_dtype),
-                                             param_dtype=jnp.dtype(m.param_dtype), attention_impl=m.attention,
-                                             remat=m.remat, variant=tc.variant or None)
-        bank = sharded_prompt_bank(sd, prompts, tc.resolution, mesh, shd.BATCH_AXES)
+        if abstract:  # shapes only: config files or a published architecture, no weights, no text encoding
+            sd = StableDiffusion.abstract(source, **kw)
+            prompts = (read_prompts(tc.prompts) if tc.prompts else []) or [""] * num_prompts
+            bank = abstract_prompt_bank(sd, len(prompts), kw["dtype"], mesh.shape["data"] * mesh.shape["fsdp"])
+        else:
+            prompts = read_prompts(tc.prompts)
+            sd = StableDiffusion.from_pretrained(tc.path, variant=tc.variant or None, **kw)
+            bank = sharded_prompt_bank(sd, prompts, tc.resolution, mesh, shd.BATCH_AXES)
         sd.latent_shape(tc.resolution)  # a resolution the VAE and UNet cannot take fails here, as a RunError
     except (WeightsError, FileNotFoundError, ValueError) as e:
-        raise RunError(f"cannot load the teacher in teacher.path={tc.path!r}: {e}") from e
+        where = f"teacher.path={tc.path!r}" if tc.path else f"teacher.architecture={source!r}"
+        raise RunError(f"cannot {'read the shapes of' if abstract else 'load'} the teacher in {where}: {e}") from e
     unet_def, unet_params = nnx.split(sd.unet, nnx.Param)
     teacher = {"unet": nnx.to_pure_dict(unet_params), "prompts": bank}
-    problem = sd_problem(sd, unet_def, tc.resolution, len(prompts))
+
     # Own copies of the teacher's weights: the train step donates the state, never the teacher.
     def copy_of_teacher():
+        if abstract:
+            return UNetDenoiser(sd.unet, sd.schedule)
         graphdef, state = nnx.split(sd.unet)
         return UNetDenoiser(nnx.merge(graphdef, jax.tree.map(jnp.copy, state)), sd.schedule)
 
-    gen, critic = copy_of_teacher(), copy_of_teacher()
     head = None
     if spec.discriminator:
         channels = sd.unet.config["block_out_channels"][-1]
-        head = DiscriminatorHead(channels, channels, rngs=nnx.Rngs(config.train.seed + 2))
-    d = Distiller(spec, problem, gen, critic, head, batch_size=config.train.batch_size, mesh=mesh,
-                  seed=config.train.seed, teacher_specs=_teacher_specs(sd.unet, teacher, mesh))
+        build_head = lambda rngs: DiscriminatorHead(channels, channels, rngs=rngs)  # noqa: E731
+        head = abstract_module(build_head) if abstract else build_head(nnx.Rngs(config.train.seed + 2))
+    d = Distiller(spec, sd_problem(sd, unet_def, tc.resolution, len(prompts)), copy_of_teacher(), copy_of_teacher(),
+                  head, batch_size=config.train.batch_size, mesh=mesh, seed=config.train.seed, abstract=abstract,
+                  unroll_critic=abstract, teacher_specs=_teacher_specs(sd.unet, teacher, mesh))
     judge = None
-    if tc.get("judge"):
+    if tc.get("judge") and not abstract:
         from jaxdistill.world import judge as judge_lib
 
         try:
