@@ -16,7 +16,7 @@ from jaxdistill.methods import MethodSpec
 from jaxdistill.train import sharding as shd
 from jaxdistill.train.checkpoint import Checkpointer, abstract_like
 from jaxdistill.train.state import TrainState, init_state, make_optimizer
-from jaxdistill.train.step import Problem, make_train_step, split_networks
+from jaxdistill.train.step import Problem, make_objectives, make_train_step, split_networks
 
 
 class Distiller:
@@ -77,9 +77,10 @@ class Distiller:
             state = init_state(gen_params, critic_params, self.gen_tx, self.critic_tx, seed)
             self.state = _unaliased(jax.device_put(state, self.state_sharding))
         batch = shd.batch_sharding(self.mesh)
+        constrain = lambda x: jax.lax.with_sharding_constraint(x, batch)  # noqa: E731
         step = make_train_step(spec, problem, self.nets, self.gen_tx, self.critic_tx, batch_size,
-                               constrain=lambda x: jax.lax.with_sharding_constraint(x, batch),
-                               unroll_critic=unroll_critic)
+                               constrain=constrain, unroll_critic=unroll_critic)
+        self.objectives = make_objectives(spec, problem, self.nets, batch_size, constrain)  # the step's losses
         self.trace_count = 0
 
         def counted_step(state, teacher_params):  # the compile-once guard, per Distiller

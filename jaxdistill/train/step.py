@@ -117,26 +117,25 @@ def _apply_update(tx, params, opt_state, grads, prefix):
     return new, opt_state, metrics
 
 
-def make_train_step(
-    spec: MethodSpec,
-    problem: Problem,
-    nets: Networks,
-    gen_tx: optax.GradientTransformation,
-    critic_tx: optax.GradientTransformation,
-    batch_size: int,
-    constrain: Callable = lambda x: x,
-    unroll_critic: bool = False,
-):
-    """`step(state, teacher_params) -> (state, metrics)`, pure and jit-able.
+@dataclasses.dataclass(frozen=True)
+class Objectives:
+    """The differentiable pieces of the train step, for callers that want the losses and their
+    gradients without the optimizers (numerical checks, custom loops):
 
-    `unroll_critic` unrolls the `n_critic` scan: XLA's cost analysis counts a loop body once, so
-    the planner (`jaxdistill info`) compiles the unrolled step to count every critic update.
-
-    `constrain` is applied to every batch-shaped array created inside the step (the trainer
-    passes a sharding constraint over ('data', 'fsdp')).
+    sample_generator(gen_params, teacher_params, key, k) -> (x_g, cond, uncond)
+    critic_loss(critic_params, teacher_params, x_g, cond, uncond, key) -> (loss, metrics)
+    gen_loss(gen_params, critic_params, teacher_params, key, k) -> (loss, (metrics, sg(x_g), cond, uncond))
     """
-    if spec.discriminator and (nets.head is None or problem.sample_real is None):
-        raise ValueError(f"method {spec.name!r} trains a discriminator: pass a head network and problem.sample_real.")
+
+    sample_generator: Callable
+    critic_loss: Callable
+    gen_loss: Callable
+
+
+def make_objectives(spec: MethodSpec, problem: Problem, nets: Networks, batch_size: int,
+                    constrain: Callable = lambda x: x) -> Objectives:
+    """The generator's and critic's losses of `spec` (see `Objectives`); `constrain` as in
+    `make_train_step`."""
     kernel = functools.partial(spec.kernel_fn, **spec.kernel_kwargs)
     gen_noise = get_noise_level(spec.gen_noise[0], **spec.gen_noise[1])
     critic_noise = get_noise_level(spec.critic_noise[0], **spec.critic_noise[1])
@@ -178,19 +177,6 @@ def make_train_step(
         loss, masked = _masked_mean(per_sample, x_g)
         return loss, {"critic_loss": loss, "critic_masked": masked, **metrics}
 
-    def critic_update(critic_params, critic_opt, teacher_params, x_g, cond, uncond, key):
-        grads, metrics = jax.grad(critic_loss, has_aux=True)(critic_params, teacher_params, x_g, cond, uncond, key)
-        critic_params, critic_opt, m = _apply_update(critic_tx, critic_params, critic_opt, grads, "critic")
-        return critic_params, critic_opt, {**metrics, **m}
-
-    def fresh_critic_update(gen_params, teacher_params, k, carry, key):
-        critic_params, critic_opt = carry
-        k_g, k_c = jax.random.split(key)
-        x_g, cond, uncond = sample_generator(sg(gen_params), teacher_params, k_g, k)
-        critic_params, critic_opt, m = critic_update(critic_params, critic_opt, teacher_params, sg(x_g), cond,
-                                                     uncond, k_c)
-        return (critic_params, critic_opt), m
-
     def gen_loss(gen_params, critic_params, teacher_params, key, k):
         k_g, k_s, k_n = jax.random.split(key, 3)
         x_g, cond, uncond = sample_generator(gen_params, teacher_params, k_g, k)
@@ -216,6 +202,45 @@ def make_train_step(
         metrics.update(gen_loss=loss, gen_masked=masked, sigma_mean=jnp.mean(sigma), sigma_min=jnp.min(sigma),
                        sigma_max=jnp.max(sigma))
         return loss, (metrics, sg(x_g), cond, uncond)
+
+    return Objectives(sample_generator, critic_loss, gen_loss)
+
+
+def make_train_step(
+    spec: MethodSpec,
+    problem: Problem,
+    nets: Networks,
+    gen_tx: optax.GradientTransformation,
+    critic_tx: optax.GradientTransformation,
+    batch_size: int,
+    constrain: Callable = lambda x: x,
+    unroll_critic: bool = False,
+):
+    """`step(state, teacher_params) -> (state, metrics)`, pure and jit-able.
+
+    `unroll_critic` unrolls the `n_critic` scan: XLA's cost analysis counts a loop body once, so
+    the planner (`jaxdistill info`) compiles the unrolled step to count every critic update.
+
+    `constrain` is applied to every batch-shaped array created inside the step (the trainer
+    passes a sharding constraint over ('data', 'fsdp')).
+    """
+    if spec.discriminator and (nets.head is None or problem.sample_real is None):
+        raise ValueError(f"method {spec.name!r} trains a discriminator: pass a head network and problem.sample_real.")
+    objectives = make_objectives(spec, problem, nets, batch_size, constrain)
+    sample_generator, critic_loss, gen_loss = objectives.sample_generator, objectives.critic_loss, objectives.gen_loss
+
+    def critic_update(critic_params, critic_opt, teacher_params, x_g, cond, uncond, key):
+        grads, metrics = jax.grad(critic_loss, has_aux=True)(critic_params, teacher_params, x_g, cond, uncond, key)
+        critic_params, critic_opt, m = _apply_update(critic_tx, critic_params, critic_opt, grads, "critic")
+        return critic_params, critic_opt, {**metrics, **m}
+
+    def fresh_critic_update(gen_params, teacher_params, k, carry, key):
+        critic_params, critic_opt = carry
+        k_g, k_c = jax.random.split(key)
+        x_g, cond, uncond = sample_generator(sg(gen_params), teacher_params, k_g, k)
+        critic_params, critic_opt, m = critic_update(critic_params, critic_opt, teacher_params, sg(x_g), cond,
+                                                     uncond, k_c)
+        return (critic_params, critic_opt), m
 
     def gen_update(state, critic_params, teacher_params, key, k):
         grads, (metrics, x_g, cond, uncond) = jax.grad(gen_loss, has_aux=True)(
