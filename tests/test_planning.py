@@ -42,6 +42,23 @@ def test_the_abstract_teacher_has_the_loaded_teachers_shapes_from_config_files_a
     np.testing.assert_array_equal(abstract.schedule.sigmas, sd.schedule.sigmas)
 
 
+def test_a_random_teacher_for_benchmarks_has_the_real_shapes(tmp_path):
+    kind = "sdxl"  # the richer conditioning (pooled text, time_ids); SD1.5's is its context alone
+    from jaxdistill.models.weights import read_config
+    from jaxdistill.teachers.stable_diffusion import random_prompt_bank
+
+    folder = make_tiny_sd(str(tmp_path / kind), kind)
+    sd = StableDiffusion.random(read_config(os.path.join(folder, "unet")), seed=3)
+    abstract = StableDiffusion.abstract(folder)
+    assert _shapes(nnx.state(sd.unet, nnx.Param)) == _shapes(nnx.state(abstract.unet, nnx.Param))
+    bank = random_prompt_bank(sd, 5, 32)
+    abstract.text_tokens = sd.text_tokens  # a config dict alone does not say the tokenizer's length: 77 as SD's
+    assert _shapes(bank) == _shapes(abstract_prompt_bank(abstract, 5))
+    assert float(jnp.abs(bank["null"]["context"]).max()) == 0.0 and float(bank["cond"]["context"].std()) > 0.5
+    if kind == "sdxl":
+        np.testing.assert_array_equal(bank["cond"]["time_ids"], [[32, 32, 0, 0, 32, 32]] * 5)
+
+
 def test_published_architectures_need_no_folder():
     sd15, sdxl = StableDiffusion.abstract("sd15"), StableDiffusion.abstract("sdxl")
     count = lambda sd: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(sd.unet, nnx.Param)))  # noqa: E731

@@ -115,6 +115,29 @@ class StableDiffusion:
         sd.text_tokens = tokens
         return sd
 
+    @classmethod
+    def random(cls, source: str | dict, *, seed: int = 0, dtype=None, param_dtype=jnp.float32, attention_impl: str = "xla",
+               remat: str = "none") -> "StableDiffusion":
+        """A randomly initialised UNet of a published architecture (`source` a name in
+        `jaxdistill.models.architectures`, or a UNet config dict taken as SD1.5-like: ε schedule,
+        8× VAE, 77 tokens) with its schedule, no text encoders or VAE: for speed
+        and memory benchmarks (`experiments/bench_step.py`), which need real arrays of the real
+        shapes but no trained weights. Training never calls this; it loads a folder."""
+        from jaxdistill.diffusion.schedules import stable_diffusion_schedule
+        from jaxdistill.models.architectures import architecture
+
+        if isinstance(source, dict):
+            unet_config, factor, tokens, prediction, name = source, 8, 77, "epsilon", "custom"
+        else:
+            unet_config, factor, (tokens, _), _, prediction = architecture(source)
+            name = source
+        unet = UNet2DConditionModel(unet_config, dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl,
+                                    remat=remat, rngs=nnx.Rngs(seed))
+        sd = cls(name, unet, None, [], [], stable_diffusion_schedule(prediction), name == "sdxl",
+                 vae_factor=factor)
+        sd.text_tokens = tokens
+        return sd
+
     def condition_shapes(self, num_prompts: int, dtype=jnp.float32) -> dict:
         """ShapeDtypeStructs of `num_prompts` prompts' conditioning (see the module docstring)."""
         cfg = self.unet.config
@@ -208,6 +231,22 @@ def abstract_prompt_bank(sd: StableDiffusion, num_prompts: int, dtype=jnp.float3
     `sharded_prompt_bank`'s), for compiling without encoding."""
     rows = -(-num_prompts // rows_multiple) * rows_multiple
     return {"cond": sd.condition_shapes(rows, dtype), "null": sd.condition_shapes(1, dtype)}
+
+
+def random_prompt_bank(sd: StableDiffusion, num_prompts: int, resolution: int, dtype=jnp.float32,
+                       seed: int = 0) -> dict:
+    """A prompt bank of the shapes `prompt_bank` gives, filled with standard-normal text
+    features (SDXL's time_ids are the real ones for `resolution`, the null prompt is zeros):
+    for benchmarks with `StableDiffusion.random`, which has no text encoder."""
+    shapes = sd.condition_shapes(num_prompts + 1, dtype)
+    keys = jax.random.split(jax.random.key(seed), len(shapes))
+    bank = {k: jax.random.normal(key, s.shape, s.dtype) for key, (k, s) in zip(keys, sorted(shapes.items()))}
+    if "time_ids" in bank:
+        bank["time_ids"] = jnp.tile(jnp.asarray([resolution, resolution, 0, 0, resolution, resolution], jnp.float32),
+                                    (num_prompts + 1, 1))
+    return {"cond": {k: v[:num_prompts] for k, v in bank.items()},
+            "null": {k: jnp.zeros_like(v[num_prompts:]) if k != "time_ids" else v[num_prompts:]
+                     for k, v in bank.items()}}
 
 
 def sharded_prompt_bank(sd: StableDiffusion, prompts: Sequence[str], resolution: int, mesh, row_axes) -> dict:

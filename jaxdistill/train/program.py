@@ -257,20 +257,19 @@ def build_run(config: ml_collections.ConfigDict, *, devices=None, abstract: bool
     return MixtureRun(config, teacher, d)
 
 
-def _build_sd_run(config: ml_collections.ConfigDict, mesh, abstract: bool = False, num_prompts: int = 1024) -> SDRun:
-    from flax import nnx
-
-    from jaxdistill.models import DiscriminatorHead
-    from jaxdistill.models.layers import abstract_module
-    from jaxdistill.models.weights import WeightsError
-    from jaxdistill.teachers.stable_diffusion import (StableDiffusion, UNetDenoiser, abstract_prompt_bank,
-                                                      read_prompts, sd_problem, sharded_prompt_bank)
-
-    tc, m = config.teacher, config.model
-    spec = build_spec(config)
-    if not m.init_from_teacher:
+def _require_init_from_teacher(config: ml_collections.ConfigDict) -> None:
+    if not config.model.init_from_teacher:
         raise RunError("model.init_from_teacher=False is not supported: SD generators and critics start from the "
                        "teacher's UNet (SiD, DMD2); set it to True.")
+
+
+def _build_sd_run(config: ml_collections.ConfigDict, mesh, abstract: bool = False, num_prompts: int = 1024) -> SDRun:
+    from jaxdistill.models.weights import WeightsError
+    from jaxdistill.teachers.stable_diffusion import (StableDiffusion, abstract_prompt_bank, read_prompts,
+                                                      sharded_prompt_bank)
+
+    _require_init_from_teacher(config)  # before loading: an SD teacher can take minutes to load
+    tc, m = config.teacher, config.model
     kw = dict(dtype=jnp.dtype(m.compute_dtype), param_dtype=jnp.dtype(m.param_dtype), attention_impl=m.attention,
               remat=m.remat)
     source = (tc.path or tc.get("architecture", "")) if abstract else tc.path
@@ -287,6 +286,24 @@ def _build_sd_run(config: ml_collections.ConfigDict, mesh, abstract: bool = Fals
     except (WeightsError, FileNotFoundError, ValueError) as e:
         where = f"teacher.path={tc.path!r}" if tc.path else f"teacher.architecture={source!r}"
         raise RunError(f"cannot {'read the shapes of' if abstract else 'load'} the teacher in {where}: {e}") from e
+    return sd_run(config, mesh, sd, prompts, bank, abstract=abstract)
+
+
+def sd_run(config: ml_collections.ConfigDict, mesh, sd, prompts: list, bank: dict, *, abstract: bool = False,
+           unroll_critic: bool = False) -> SDRun:
+    """The run of `config` on a teacher already in hand: `sd` a `StableDiffusion` (loaded,
+    abstract, or `StableDiffusion.random` for benchmarks) and `bank` its prompt bank for
+    `prompts` (rows over the mesh's batch axes, as `sharded_prompt_bank` places them).
+    `unroll_critic` as in `make_train_step` (always for an abstract run, which is for planning)."""
+    from flax import nnx
+
+    from jaxdistill.models import DiscriminatorHead
+    from jaxdistill.models.layers import abstract_module
+    from jaxdistill.models.weights import WeightsError
+    from jaxdistill.teachers.stable_diffusion import UNetDenoiser, sd_problem
+
+    _require_init_from_teacher(config)
+    tc, spec = config.teacher, build_spec(config)
     unet_def, unet_params = nnx.split(sd.unet, nnx.Param)
     teacher = {"unet": nnx.to_pure_dict(unet_params), "prompts": bank}
 
@@ -304,7 +321,7 @@ def _build_sd_run(config: ml_collections.ConfigDict, mesh, abstract: bool = Fals
         head = abstract_module(build_head) if abstract else build_head(nnx.Rngs(config.train.seed + 2))
     d = Distiller(spec, sd_problem(sd, unet_def, tc.resolution, len(prompts)), copy_of_teacher(), copy_of_teacher(),
                   head, batch_size=config.train.batch_size, mesh=mesh, seed=config.train.seed, abstract=abstract,
-                  unroll_critic=abstract, teacher_specs=_teacher_specs(sd.unet, teacher, mesh))
+                  unroll_critic=abstract or unroll_critic, teacher_specs=_teacher_specs(sd.unet, teacher, mesh))
     judge = None
     if tc.get("judge") and not abstract:
         from jaxdistill.world import judge as judge_lib

@@ -5,8 +5,11 @@ the parts a Stable Diffusion user has (design §8).
 
 A `UNet2DConditionModel` on 32×32×3 pixels and a `CLIPTextModel` trained jointly from scratch
 on the world's captions, with SD's scaled-linear VP schedule and ε-prediction (Ho et al. 2020;
-Rombach et al. 2022): `L = E‖ε̂(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t, c) − ε‖²`, t uniform over the 1000
-training steps, 10% of captions replaced by the empty prompt so the model also learns the
+Rombach et al. 2022): `L = E w(t)‖ε̂(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t, c) − ε‖²`, t uniform over the
+1000 training steps, with the Min-SNR-γ weight w(t) = min(SNR_t, γ)/SNR_t, SNR_t = ᾱ_t/(1−ᾱ_t)
+(Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy"; γ = 5 as
+there, 0 for the plain ε loss): it lowers the weight of the nearly clean timesteps, whose fine
+detail would otherwise dominate the gradient of a small model. 10% of captions replaced by the empty prompt so the model also learns the
 unconditional score classifier-free guidance needs (Ho & Salimans 2022). Images come fresh from
 the procedural world at every step (no dataset, no epoch). The written weights are the EMA.
 
@@ -41,6 +44,17 @@ SCHEDULER = {"_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear", "
              "beta_end": 0.012, "num_train_timesteps": 1000, "prediction_type": "epsilon",
              "set_alpha_to_one": False, "steps_offset": 1, "clip_sample": False, "timestep_spacing": "leading"}
 WORDS = ("a",) + scene.COLOUR_NAMES + scene.KINDS
+
+
+def min_snr_weight(alpha_bar: jax.Array, gamma: float) -> jax.Array:
+    """Min-SNR-γ weight of the ε-prediction loss, min(SNR, γ)/SNR with SNR = ᾱ/(1−ᾱ) (Hang et
+    al. 2023, eq. 11 for ε); all ones when γ = 0."""
+    if gamma == 0:
+        return jnp.ones_like(alpha_bar)
+    if gamma < 0:
+        raise ValueError(f"train.snr_gamma must be >= 0 (0 turns the weighting off), got {gamma}.")
+    snr = alpha_bar / (1 - alpha_bar)
+    return jnp.minimum(snr, gamma) / snr
 
 
 def build_models(config: ml_collections.ConfigDict, tokenizer_dir: str, seed: int):
@@ -105,7 +119,8 @@ def train_teacher(config: ml_collections.ConfigDict, out: str, *, print_fn=print
         a = alphas[tt][:, None, None, None]
         xt = jnp.sqrt(a) * x0 + jnp.sqrt(1 - a) * eps
         context = text_m(ids[caption]).last_hidden_state
-        return jnp.mean((unet_m(xt, tt, context) - eps) ** 2)
+        mse = jnp.mean((unet_m(xt, tt, context) - eps) ** 2, axis=(1, 2, 3))
+        return jnp.mean(min_snr_weight(alphas[tt], t.snr_gamma) * mse)
 
     def step_fn(state, x0, caption, key):
         loss, grads = jax.value_and_grad(loss_fn)(state["params"], x0, caption, key)
