@@ -123,3 +123,13 @@ def test_teacher_and_judge_commands_write_folders_the_reference_libraries_load(t
     assert cli(["judge-train", "--config", "configs/world_judge.py:tiny", "--out", jout]) == 0
     assert judge_lib.load(jout).features == 16
     assert set(json.load(open(os.path.join(jout, "metrics.json")))) >= {"both_accuracy", "centre_mae_px"}
+
+
+def test_min_snr_weight_caps_the_clean_timesteps_and_leaves_the_noisy_ones():
+    from jaxdistill.world.teacher_training import min_snr_weight
+
+    alpha_bar = jnp.asarray([0.999, 5 / 6, 0.5, 0.01])  # SNR 999, 5, 1, 0.0101
+    np.testing.assert_allclose(min_snr_weight(alpha_bar, 5.0), [5 / 999, 1.0, 1.0, 1.0], rtol=1e-4)  # float32 1 - ᾱ
+    np.testing.assert_array_equal(min_snr_weight(alpha_bar, 0.0), np.ones(4))
+    with pytest.raises(ValueError, match=r"train.snr_gamma must be >= 0"):
+        min_snr_weight(alpha_bar, -1.0)
