@@ -16,13 +16,13 @@ def get_config(variant: str = ""):
     c = ml_collections.ConfigDict()
     c.unet = ml_collections.ConfigDict(dict(
         block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=8, attention_head_dim=2,
-        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D")))
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")))
     c.text = ml_collections.ConfigDict(dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                             num_attention_heads=4, max_length=8))
-    c.train = ml_collections.ConfigDict(dict(steps=2500, batch_size=32, lr=1e-3, warmup=100, grad_clip=1.0,
-                                             ema_decay=0.999, caption_dropout=0.1, seed=0, log_every=50,
-                                             save_every=250, stop_after=0))
+    c.train = ml_collections.ConfigDict(dict(steps=9000, batch_size=16, lr=1e-3, warmup=200, grad_clip=1.0,
+                                             ema_decay=0.999, caption_dropout=0.1, snr_gamma=5.0, seed=0,
+                                             log_every=50, save_every=500, stop_after=0))
     if variant == "tiny":
         c.unet.update(block_out_channels=(16,), down_block_types=("CrossAttnDownBlock2D",),
                       up_block_types=("CrossAttnUpBlock2D",))

@@ -133,3 +133,11 @@ def test_min_snr_weight_caps_the_clean_timesteps_and_leaves_the_noisy_ones():
     np.testing.assert_array_equal(min_snr_weight(alpha_bar, 0.0), np.ones(4))
     with pytest.raises(ValueError, match=r"train.snr_gamma must be >= 0"):
         min_snr_weight(alpha_bar, -1.0)
+
+
+def test_the_world_recipe_evaluates_every_prompt_at_least_twice():
+    from jaxdistill.recipes import world_config
+    from jaxdistill.teachers.stable_diffusion import read_prompts
+
+    config = world_config("sid_lsg", "", guidance="sid_lsg", kappa=1.5)
+    assert config.train.eval_samples >= 2 * len(read_prompts(world.PROMPTS))  # the diversity metric's minimum
