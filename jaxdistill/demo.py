@@ -53,8 +53,8 @@ def main() -> None:
     prompts = metrics.eval_prompts(EVAL_PER_PROMPT * len(scene.all_prompts()))
     seeds = np.arange(len(prompts))
     real = scene.scenes_for_prompts(1, prompts)
-    student, student_s = _timed(lambda: run._decode(run._samples(seeds, None)))
-    teacher, teacher_s = _timed(lambda: run._decode(run.teacher_samples(seeds, TEACHER_STEPS, best_scale)))
+    student, student_s = _timed(lambda: run.decode(run.student_samples(seeds, None)))
+    teacher, teacher_s = _timed(lambda: run.decode(run.teacher_samples(seeds, TEACHER_STEPS, best_scale)))
     rows = [("real scenes (the floor)", "-", metrics.real_floor(run.judge, prompts), float("nan")),
             (f"teacher: DDIM {TEACHER_STEPS}, CFG {best_scale}", 2 * TEACHER_STEPS,
              metrics.world_metrics(run.judge, teacher, prompts, real), len(prompts) / teacher_s),

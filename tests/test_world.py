@@ -141,3 +141,22 @@ def test_the_world_recipe_evaluates_every_prompt_at_least_twice():
 
     config = world_config("sid_lsg", "", guidance="sid_lsg", kappa=1.5)
     assert config.train.eval_samples >= 2 * len(read_prompts(world.PROMPTS))  # the diversity metric's minimum
+
+
+@pytest.mark.heavy  # about 4 minutes on the 2-core machine: one compile of the world's SiD-LSG step, 30 iterations
+def test_a_short_sid_lsg_distillation_improves_the_students_alignment(tmp_path):
+    from jaxdistill.recipes import world_config
+    from jaxdistill.train.program import build_run, open_run, train
+
+    config = world_config("sid_lsg", "", guidance="sid_lsg", kappa=4.5, steps=30)
+    prompts = metrics.eval_prompts(72)
+    seeds, real = np.arange(72), scene.scenes_for_prompts(1, prompts)
+
+    def alignment(run):
+        images = np.asarray(run.decode(run.student_samples(seeds)))
+        return metrics.world_metrics(run.judge, images, prompts, real)["alignment"]
+
+    before = alignment(build_run(config))  # the generator at initialisation: the teacher's one-step denoiser
+    train(config, str(tmp_path / "run"), print_fn=lambda *_: None)
+    after = alignment(open_run(str(tmp_path / "run")))
+    assert after >= before + 10, (before, after)

@@ -63,7 +63,7 @@ def main() -> None:
         seconds = f"{time.perf_counter() - start:.0f}"
         run = open_run(workdir)
         if not teacher_done:
-            images = np.asarray(run._decode(run.teacher_samples(seeds, best["best_steps"], best["best_cfg"])))
+            images = np.asarray(run.decode(run.teacher_samples(seeds, best["best_steps"], best["best_cfg"])))
             lines.append(_row(f"teacher: DDIM {best['best_steps']}, CFG {best['best_cfg']}", 2 * best["best_steps"],
                               metrics.world_metrics(run.judge, images, prompts, real), "-"))
             lines.append(_row("real scenes (floor)", "-", metrics.real_floor(run.judge, prompts), "-"))
@@ -71,7 +71,7 @@ def main() -> None:
         for k in range(1, run.distiller.spec.num_steps + 1):
             if run.distiller.spec.num_steps > 1 and k == 3:
                 continue
-            images = np.asarray(run._decode(run._samples(seeds, k)))
+            images = np.asarray(run.decode(run.student_samples(seeds, k)))
             lines.append(_row(f"{name}" + (f" @ {k} steps" if run.distiller.spec.num_steps > 1 else ""), k,
                               metrics.world_metrics(run.judge, images, prompts, real), seconds))
         print("\n".join(lines), flush=True)

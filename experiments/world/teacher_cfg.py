@@ -51,7 +51,7 @@ def main() -> None:
     for steps in (int(s) for s in args.steps.split(",")):
         for scale in (float(s) for s in args.scales.split(",")):
             start = time.perf_counter()
-            images = np.asarray(run._decode(run.teacher_samples(seeds, steps, scale)))
+            images = np.asarray(run.decode(run.teacher_samples(seeds, steps, scale)))
             seconds = time.perf_counter() - start
             m = metrics.world_metrics(run.judge, images, prompts, real)
             calls = steps if scale == 1.0 else 2 * steps

@@ -77,7 +77,9 @@ class Run:
     def evaluate(self, num: int, num_steps: int | None = None, seed: int = 1) -> dict:
         raise NotImplementedError
 
-    def _samples(self, seeds, num_steps):
+    def student_samples(self, seeds, num_steps: int | None = None):
+        """The EMA generator's samples (latents for SD) from each seed's noise, with the
+        conditions `conditions` gives; `num_steps` of a few-step generator (all by default)."""
         return self.distiller.sample_seeds(seeds, self.conditions(len(seeds)), self.teacher, num_steps=num_steps)
 
 
@@ -91,7 +93,7 @@ class MixtureRun(Run):
 
     def picture(self, seeds, num_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(samples, uint8 density plot) of the EMA generator at `seeds`, over exact teacher samples."""
-        x = np.asarray(self._samples(seeds, num_steps))
+        x = np.asarray(self.student_samples(seeds, num_steps))
         return x, render_samples(x, self._reference)
 
     @functools.cached_property
@@ -132,12 +134,13 @@ class SDRun(Run):
         return conditions_for(self.teacher["prompts"], n, len(self.prompts))
 
     @functools.cached_property
-    def _decode(self):
-        """Latents -> images, compiled once per run."""
+    def decode(self):
+        """Latents -> images (the folder's VAE; identity scaling for a pixel-space teacher),
+        compiled once per run."""
         return jax.jit(self.sd.images_from_latents)
 
     def picture(self, seeds, num_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        images = np.asarray(self._decode(self._samples(seeds, num_steps)))
+        images = np.asarray(self.decode(self.student_samples(seeds, num_steps)))
         return images, render_samples(images)
 
     def _teacher_sampler(self, teacher_steps: int, scale: float):
@@ -178,7 +181,7 @@ class SDRun(Run):
         student and teacher images (`jaxdistill.world.metrics`)."""
         d = self.distiller
         seeds = np.arange(seed * 100_000, seed * 100_000 + num)
-        student = np.asarray(self._samples(seeds, num_steps))
+        student = np.asarray(self.student_samples(seeds, num_steps))
         reference = self.teacher_samples(seeds, teacher_steps)
         scale = d.spec.guidance.cfg_teacher
         out = {"step": int(d.state.step), "generator_steps": num_steps or d.spec.num_steps, "samples": num,
@@ -192,7 +195,7 @@ class SDRun(Run):
             prompts = [self.prompts[i % len(self.prompts)] for i in range(num)]
             real = scene.scenes_for_prompts(seed, prompts)
             for name, latents in (("student", student), ("teacher", reference)):
-                images = np.asarray(self._decode(latents))
+                images = np.asarray(self.decode(latents))
                 out.update({f"{name}_{k}": v for k, v in metrics.world_metrics(self.judge, images, prompts, real).items()})
         return out
 
