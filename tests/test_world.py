@@ -136,19 +136,20 @@ def test_min_snr_weight_caps_the_clean_timesteps_and_leaves_the_noisy_ones():
 
 
 def test_the_world_recipe_evaluates_every_prompt_at_least_twice():
-    from jaxdistill.recipes import world_config
+    from jaxdistill.recipes import world_sid_lsg
     from jaxdistill.teachers.stable_diffusion import read_prompts
 
-    config = world_config("sid_lsg", "", guidance="sid_lsg", kappa=1.5)
+    config = world_sid_lsg()
     assert config.train.eval_samples >= 2 * len(read_prompts(world.PROMPTS))  # the diversity metric's minimum
 
 
 @pytest.mark.heavy  # about 4 minutes on the 2-core machine: one compile of the world's SiD-LSG step, 30 iterations
 def test_a_short_sid_lsg_distillation_improves_the_students_alignment(tmp_path):
-    from jaxdistill.recipes import world_config
+    from jaxdistill.recipes import world_sid_lsg
     from jaxdistill.train.program import build_run, open_run, train
 
-    config = world_config("sid_lsg", "", guidance="sid_lsg", kappa=4.5, steps=30)
+    config = world_sid_lsg()  # the demo's recipe, half its iterations
+    config.train.update(steps=30, checkpoint_every=30)
     prompts = metrics.eval_prompts(72)
     seeds, real = np.arange(72), scene.scenes_for_prompts(1, prompts)
 
