@@ -6,7 +6,7 @@ the embedded world (jaxdistill/world), written as a diffusers folder.
 The shipped teacher (jaxdistill/world/assets/teacher) was made by this command (all 9,000
 iterations at batch 16; `--config.train.stop_after=N` ends a run early on the full run's
 schedule); its train_log.jsonl records the losses. Cost: 5,972 s (100 min) on a 2-core CPU, part
-of it shared with other jobs; about 0.55 s per iteration alone, plus an 80 s compile.
+of it shared with other jobs; 0.4–0.6 s per iteration alone and about 90 s to compile (log).
 Against the first teacher (2,500 iterations at batch 32, cross-attention at 8×8 only, plain ε
 loss: 26% alignment, shapes drawn as blobs), three things changed together, not ablated one by
 one: cross-attention at 16×16 as well as 8×8, the Min-SNR-5 loss weight, and 3.6× the

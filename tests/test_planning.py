@@ -43,11 +43,11 @@ def test_the_abstract_teacher_has_the_loaded_teachers_shapes_from_config_files_a
 
 
 def test_a_random_teacher_for_benchmarks_has_the_real_shapes(tmp_path):
-    kind = "sdxl"  # the richer conditioning (pooled text, time_ids); SD1.5's is its context alone
+    # SDXL: the richer conditioning (pooled text, time_ids); SD1.5's is its context alone.
     from jaxdistill.models.weights import read_config
     from jaxdistill.teachers.stable_diffusion import random_prompt_bank
 
-    folder = make_tiny_sd(str(tmp_path / kind), kind)
+    folder = make_tiny_sd(str(tmp_path / "sdxl"), "sdxl")
     sd = StableDiffusion.random(read_config(os.path.join(folder, "unet")), seed=3)
     abstract = StableDiffusion.abstract(folder)
     assert _shapes(nnx.state(sd.unet, nnx.Param)) == _shapes(nnx.state(abstract.unet, nnx.Param))
@@ -55,8 +55,7 @@ def test_a_random_teacher_for_benchmarks_has_the_real_shapes(tmp_path):
     abstract.text_tokens = sd.text_tokens  # a config dict alone does not say the tokenizer's length: 77 as SD's
     assert _shapes(bank) == _shapes(abstract_prompt_bank(abstract, 5))
     assert float(jnp.abs(bank["null"]["context"]).max()) == 0.0 and float(bank["cond"]["context"].std()) > 0.5
-    if kind == "sdxl":
-        np.testing.assert_array_equal(bank["cond"]["time_ids"], [[32, 32, 0, 0, 32, 32]] * 5)
+    np.testing.assert_array_equal(bank["cond"]["time_ids"], [[32, 32, 0, 0, 32, 32]] * 5)
 
 
 def test_published_architectures_need_no_folder():
