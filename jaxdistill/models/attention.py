@@ -5,15 +5,24 @@
     xla     einsum + softmax, the logits and softmax statistics in float32 (any backend)
     cudnn   `jax.nn.dot_product_attention(implementation="cudnn")`: fused flash attention on
             NVIDIA GPUs; needs float16/bfloat16 inputs and head_dim <= 128, a multiple of 8
-    splash  the Pallas splash-attention kernel on TPU; needs sequence lengths that are
-            multiples of 128 and head_dim a multiple of 128
+    splash  the Pallas splash-attention kernel on TPU (O(L) memory); needs sequence lengths
+            that are multiples of 128. head_dim is zero-padded to a multiple of 128 (SD's 40, 80,
+            160 and SDXL's 64), as MaxDiffusion does: exact, at the cost of the padded FLOPs
 
 When the chosen kernel's constraints fail (dtype, head_dim, sequence length, backend) the call
 falls back to `xla` and logs why, once per reason.
+
+The backend is the one the program is compiled for: `jax.default_backend()`, or the devices of the
+mesh given to `compiling_for(mesh)` while tracing (a TPU topology planned from a CPU host). Under
+`compiling_for`, splash runs per device through `jax.shard_map`, the batch split over the mesh's
+batch axes and the heads over its `tensor` axis where they divide (a Pallas call is not
+partitioned by XLA itself).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 
@@ -25,6 +34,24 @@ from flax import nnx
 from jaxdistill.models import layers
 
 IMPLS = ("xla", "cudnn", "splash")
+BATCH_AXES, HEAD_AXIS = ("data", "fsdp"), "tensor"  # jaxdistill.train.sharding's mesh axes
+_MESH = contextvars.ContextVar("attention_mesh", default=None)
+
+
+@contextlib.contextmanager
+def compiling_for(mesh: jax.sharding.Mesh):
+    """Trace attention for the devices of `mesh` (their platform picks the kernels; splash is
+    mapped over the mesh), e.g. around `jax.jit(...).lower(...)` of a train step for a TPU slice."""
+    token = _MESH.set(mesh)
+    try:
+        yield
+    finally:
+        _MESH.reset(token)
+
+
+def _platform() -> str:
+    mesh = _MESH.get()
+    return mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
 
 
 @functools.lru_cache(maxsize=None)
@@ -47,7 +74,7 @@ def _xla(q, k, v, causal: bool):
 
 
 def _unsupported(impl: str, q, k) -> str | None:
-    backend = jax.default_backend()
+    backend = _platform()
     head_dim = q.shape[-1]
     if impl == "cudnn":
         if backend != "gpu":
@@ -61,22 +88,40 @@ def _unsupported(impl: str, q, k) -> str | None:
             return f"backend is {backend}, not tpu"
         if q.shape[1] % 128 or k.shape[1] % 128:
             return f"sequence lengths {q.shape[1]}, {k.shape[1]} (need multiples of 128)"
-        if head_dim % 128:
-            return f"head_dim {head_dim} (needs a multiple of 128)"
     return None
 
 
-def _splash(q, k, v, causal: bool):
+def _splash_local(q, k, v, causal: bool, interpret: bool):
+    """Splash attention on one device's [B, L, heads, head_dim] block, head_dim zero-padded to a
+    multiple of 128: the padded columns add nothing to q·k and give zero output columns, which
+    are cut off; the scale is the true head_dim's."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
-    heads, lq, lk = q.shape[2], q.shape[1], k.shape[1]
+    heads, lq, lk, head_dim = q.shape[2], q.shape[1], k.shape[1], q.shape[3]
     base = sm.CausalMask((lq, lk)) if causal else sm.FullMask((lq, lk))
-    kernel = sk.make_splash_mha(mask=sm.MultiHeadMask([base] * heads), head_shards=1, q_seq_shards=1)
-    scale = 1.0 / math.sqrt(q.shape[-1])
+    kernel = sk.make_splash_mha(mask=sm.MultiHeadMask([base] * heads), head_shards=1, q_seq_shards=1,
+                                interpret=interpret)
+    q = q * (1.0 / math.sqrt(head_dim))
+    pad = [(0, 0)] * 3 + [(0, -head_dim % 128)]
     # The kernel works per example on [heads, L, head_dim].
-    out = jax.vmap(kernel)((q * scale).transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3))
-    return out.transpose(0, 2, 1, 3)
+    q, k, v = (jnp.pad(a, pad).transpose(0, 2, 1, 3) for a in (q, k, v))
+    return jax.vmap(kernel)(q, k, v).transpose(0, 2, 1, 3)[..., :head_dim]
+
+
+def _splash(q, k, v, causal: bool, mesh=None, interpret: bool = False):
+    """Splash attention, per device of `mesh` through `jax.shard_map` when there is more than one:
+    the batch over the batch axes and the heads over the tensor axis where each divides, else
+    that dimension whole on every device. `interpret` runs the kernel in Pallas' interpreter
+    (any backend; for tests)."""
+    local = functools.partial(_splash_local, causal=causal, interpret=interpret)
+    if mesh is None or mesh.devices.size == 1:
+        return local(q, k, v)
+    batch_axes = tuple(a for a in BATCH_AXES if a in mesh.shape)
+    batch = batch_axes if q.shape[0] % math.prod(mesh.shape[a] for a in batch_axes) == 0 else None
+    heads = HEAD_AXIS if HEAD_AXIS in mesh.shape and q.shape[2] % mesh.shape[HEAD_AXIS] == 0 else None
+    spec = jax.sharding.PartitionSpec(batch, None, heads, None)
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(q, k, v)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, impl: str = "xla", causal: bool = False) -> jax.Array:
@@ -91,7 +136,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, impl: str = "xla", ca
     if impl == "cudnn":
         return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
     if impl == "splash":
-        return _splash(q, k, v, causal)
+        return _splash(q, k, v, causal, _MESH.get())
     return _xla(q, k, v, causal)
 
 
