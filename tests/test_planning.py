@@ -58,17 +58,23 @@ def test_a_random_teacher_for_benchmarks_has_the_real_shapes(tmp_path):
     np.testing.assert_array_equal(bank["cond"]["time_ids"], [[32, 32, 0, 0, 32, 32]] * 5)
 
 
-def test_published_architectures_need_no_folder():
-    sd15, sdxl = StableDiffusion.abstract("sd15"), StableDiffusion.abstract("sdxl")
+def test_published_architectures_need_no_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sd15").mkdir()  # a folder of that name in the working directory is not the architecture
+    sd15, sdxl = StableDiffusion.abstract(architecture="sd15"), StableDiffusion.abstract(architecture="sdxl")
     count = lambda sd: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(sd.unet, nnx.Param)))  # noqa: E731
     assert (count(sd15), count(sdxl)) == (859_520_964, 2_567_463_684)
     assert _shapes(sd15.condition_shapes(5)) == {"context": ((5, 77, 768), jnp.dtype(jnp.float32))}
     assert {k: v.shape for k, v in sdxl.condition_shapes(2).items()} == {
         "context": (2, 77, 2048), "text_embeds": (2, 1280), "time_ids": (2, 6)}
     assert sd15.latent_shape(512) == (64, 64, 4) and sdxl.latent_shape(1024) == (128, 128, 4)
-    assert StableDiffusion.abstract("sd21").schedule.prediction_type == "v_prediction"
+    assert StableDiffusion.abstract(architecture="sd21").schedule.prediction_type == "v_prediction"
     with pytest.raises(ValueError, match=r"teacher.architecture='sd3' is not known; use one of \['sd15', 'sd21', 'sdxl'\]"):
-        StableDiffusion.abstract("sd3")
+        StableDiffusion.abstract(architecture="sd3")
+    with pytest.raises(ValueError, match="not both"):
+        StableDiffusion.abstract("sd15", architecture="sd15")
+    with pytest.raises(FileNotFoundError, match="'sd15x' is not a folder"):
+        StableDiffusion.abstract("sd15x")
 
 
 def test_the_abstract_state_is_the_concrete_one_without_its_arrays():

@@ -89,26 +89,35 @@ class StableDiffusion:
         self._encode = jax.jit(self._encode_ids)
 
     @classmethod
-    def abstract(cls, source: str, *, dtype=None, param_dtype=jnp.float32, attention_impl: str = "xla",
-                 remat: str = "none") -> "StableDiffusion":
+    def abstract(cls, folder: str = "", *, architecture: str = "", dtype=None, param_dtype=jnp.float32,
+                 attention_impl: str = "xla", remat: str = "none") -> "StableDiffusion":
         """The teacher's shapes without its weights: an abstract UNet (`nnx.eval_shape`, nothing
-        allocated or read) and the schedule, from a diffusers folder's config files (`source` a
-        folder) or a published architecture (`source` a name in `jaxdistill.models.architectures`).
+        allocated or read) and the schedule, from a diffusers `folder`'s config files or a
+        published `architecture` (a name in `jaxdistill.models.architectures`), exactly one of
+        them (a folder that happens to be called "sd15" is never taken for the architecture).
         Enough to build and compile the train step (`jaxdistill info`); no text encoders or VAE."""
-        if os.path.isdir(source):
-            unet_config = read_config(os.path.join(source, "unet"))
-            schedule = VPSchedule.from_config(read_config(os.path.join(source, "scheduler"), "scheduler_config.json"))
-            model_index = read_config(source, "model_index.json")
+        if bool(folder) == bool(architecture):
+            raise ValueError(f"give a teacher folder or an architecture name, not {'both' if folder else 'neither'} "
+                             f"(folder={folder!r}, architecture={architecture!r}).")
+        if folder:
+            if not os.path.isdir(folder):
+                raise FileNotFoundError(f"{folder!r} is not a folder; a diffusers folder holds model_index.json, "
+                                        "unet/ and scheduler/.")
+            source = folder
+            unet_config = read_config(os.path.join(folder, "unet"))
+            schedule = VPSchedule.from_config(read_config(os.path.join(folder, "scheduler"), "scheduler_config.json"))
+            model_index = read_config(folder, "model_index.json")
             pixel_space = model_index.get("vae", [None, None])[0] is None
-            factor = 1 if pixel_space else 2 ** (len(read_config(os.path.join(source, "vae"))["block_out_channels"]) - 1)
+            factor = 1 if pixel_space else 2 ** (len(read_config(os.path.join(folder, "vae"))["block_out_channels"]) - 1)
             zeros = bool(model_index.get("force_zeros_for_empty_prompt", False))
-            tokens = read_config(os.path.join(source, "text_encoder"))["max_position_embeddings"]
+            tokens = read_config(os.path.join(folder, "text_encoder"))["max_position_embeddings"]
         else:
             from jaxdistill.diffusion.schedules import stable_diffusion_schedule
-            from jaxdistill.models.architectures import architecture
+            from jaxdistill.models.architectures import architecture as published
 
-            unet_config, factor, (tokens, _), _, prediction = architecture(source)
-            schedule, zeros = stable_diffusion_schedule(prediction), source == "sdxl"
+            source = architecture
+            unet_config, factor, (tokens, _), _, prediction = published(architecture)
+            schedule, zeros = stable_diffusion_schedule(prediction), architecture == "sdxl"
         unet = UNet2DConditionModel.abstract(unet_config, dtype=dtype, param_dtype=param_dtype,
                                              attention_impl=attention_impl, remat=remat)
         sd = cls(source, unet, None, [], [], schedule, zeros, vae_factor=factor)

@@ -278,7 +278,7 @@ def _build_sd_run(config: ml_collections.ConfigDict, mesh, abstract: bool = Fals
     source = (tc.path or tc.get("architecture", "")) if abstract else tc.path
     try:
         if abstract:  # shapes only: config files or a published architecture, no weights, no text encoding
-            sd = StableDiffusion.abstract(source, **kw)
+            sd = StableDiffusion.abstract(tc.path, architecture="" if tc.path else tc.get("architecture", ""), **kw)
             prompts = (read_prompts(tc.prompts) if tc.prompts else []) or [""] * num_prompts
             bank = abstract_prompt_bank(sd, len(prompts), kw["dtype"], mesh.shape["data"] * mesh.shape["fsdp"])
         else:
