@@ -201,3 +201,14 @@ def test_the_prompt_bank_is_split_over_the_batch_axes_and_padding_is_never_drawn
     which = np.argmin(((drawn[:, None] - np.asarray(whole["cond"]["text_embeds"])[None]) ** 2).sum(-1), axis=1)
     assert np.allclose(drawn, np.asarray(whole["cond"]["text_embeds"])[which], atol=1e-6)
     assert set(which) == {0, 1, 2} and np.bincount(which).min() > 60  # uniform over the real prompts only
+
+
+def test_a_generator_ladder_above_the_vp_teachers_largest_sigma_is_refused():
+    from jaxdistill.train.program import build_run
+
+    # DMD2's registry ladder is EDM's σ_max = 80; SD's scaled-linear table ends at σ 14.6146.
+    config = sd_config("dmd2", "", resolution=512, guidance="dmd2", kappa=1.75, optim=dict(gen_lr=1e-6),
+                       batch_size=8, steps=1, architecture="sd15")
+    with pytest.raises(RunError, match=r"method.sigma_ladder=\(80.0,\) goes above this teacher's largest σ 14.6146.*"
+                                        r"sigma_ladder='\(14.6146,\)'"):
+        build_run(config, abstract=True, num_prompts=8)

@@ -307,6 +307,7 @@ def sd_run(config: ml_collections.ConfigDict, mesh, sd, prompts: list, bank: dic
 
     _require_init_from_teacher(config)
     tc, spec = config.teacher, build_spec(config)
+    _require_ladder_in_range(spec.sigma_ladder, sd.schedule.sigma_max)
     unet_def, unet_params = nnx.split(sd.unet, nnx.Param)
     teacher = {"unet": nnx.to_pure_dict(unet_params), "prompts": bank}
 
@@ -334,6 +335,18 @@ def sd_run(config: ml_collections.ConfigDict, mesh, sd, prompts: list, bank: dic
         except (WeightsError, FileNotFoundError) as e:
             raise RunError(f"cannot load the judge in teacher.judge={tc.judge!r}: {e}") from e
     return SDRun(config, teacher, d, sd, prompts, judge)
+
+
+def _require_ladder_in_range(ladder: tuple, sigma_max: float) -> None:
+    """A VP teacher has a largest σ (its schedule's last timestep, pure noise for it). Above it the
+    network sees its last timestep while x̂₀ = x − σ·ε̂ uses the larger σ, multiplying its ε error
+    by σ/σ_max: the registry's EDM and flow ladders (DMD2's and ml-sid-dit's σ = 80) are wrong for
+    it, so they are refused rather than clipped."""
+    if max(ladder) > sigma_max * (1 + 1e-4):
+        fitted = tuple(round(min(s, sigma_max), 4) for s in ladder)
+        raise RunError(f"method.sigma_ladder={tuple(ladder)} goes above this teacher's largest σ {sigma_max:.4f} (its "
+                       f"schedule's last timestep; above it x̂₀ = x − σ·ε̂ multiplies the teacher's error by σ/σ_max). "
+                       f"Start at most at σ_max, e.g. --config.method.sigma_ladder='{fitted}'.")
 
 
 def _teacher_specs(unet, teacher: dict, mesh) -> dict:
