@@ -13,7 +13,6 @@ pads head_dim to a multiple of 128 (jaxdistill.models.attention); XLA materialis
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
@@ -32,11 +31,9 @@ def compile_grad(impl: str, mesh, batch: int, length: int, heads: int, head_dim:
     x = jax.ShapeDtypeStruct((batch, length, heads, head_dim), jnp.bfloat16,
                              sharding=NamedSharding(mesh, P(shd.BATCH_AXES)))
     loss = lambda q, k, v: jnp.sum(attn.attention(q, k, v, impl=impl).astype(jnp.float32))  # noqa: E731
-    start = time.perf_counter()
     with attn.compiling_for(mesh):
         lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, x, x)
-    compiled = lowered.compile()
-    return compiled, time.perf_counter() - start
+    return lowered.compile()
 
 
 def main() -> None:
@@ -54,7 +51,7 @@ def main() -> None:
     for model, level, length, heads, head_dim in SHAPES:
         temp, kernel = {}, False
         for impl in ("xla", "splash"):
-            compiled, _ = compile_grad(impl, mesh, args.batch, length, heads, head_dim)
+            compiled = compile_grad(impl, mesh, args.batch, length, heads, head_dim)
             temp[impl] = compiled.memory_analysis().temp_size_in_bytes / 2**30
             kernel = kernel or (impl == "splash" and "tpu_custom_call" in compiled.as_text())
         ratio = f"{temp['xla'] / temp['splash']:.1f}" if temp["splash"] else "-"

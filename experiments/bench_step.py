@@ -41,9 +41,9 @@ import time
 PEAK_BF16 = {"H100 80GB HBM3": 989e12, "H100 PCIe": 756e12, "H200": 989e12, "A100": 312e12, "GH200": 989e12}
 GUIDANCE = {"sid_lsg": ("sid_lsg", 4.5), "sid_fewstep": ("sid_lsg", 4.5), "sid": ("none", 1.0),
             "dmd2": ("dmd2", 1.75)}
-# Ladders within SD's σ range (its scaled-linear table ends at σ 14.6146, SD1.5, SD2.1 and SDXL
-# alike): DMD2 starts SD generators at t = 999; ml-sid-dit's K = 4 ladder with its σ = 80 capped.
-SD_LADDERS = {"dmd2": (14.6146,), "sid_fewstep": (14.6146, 3.0, 1.0, 1 / 3)}
+# Methods whose registry ladder starts at σ = 80 (EDM's and ml-sid-dit's) run within SD's σ range
+# (its scaled-linear table ends at σ 14.6146, SD1.5, SD2.1 and SDXL alike): DMD2 from t = 999.
+CAPPED_LADDERS = ("dmd2", "sid_fewstep")
 # A CPU-sized SD1.5-shaped UNet for the smoke run (`--model tiny`).
 TINY_UNET = {"block_out_channels": [32, 64], "layers_per_block": 1, "norm_num_groups": 8, "attention_head_dim": 4,
              "cross_attention_dim": 768, "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
@@ -62,7 +62,12 @@ def method_spec(args):
     from jaxdistill.recipes import build_spec, sd_config
 
     preset, kappa = GUIDANCE[args.method]
-    ladder = {"sigma_ladder": SD_LADDERS[args.method]} if args.method in SD_LADDERS else {}
+    from jaxdistill.diffusion.schedules import stable_diffusion_schedule
+    from jaxdistill.methods import get_method, ladder_within
+
+    ladder = ({"sigma_ladder": ladder_within(get_method(args.method).sigma_ladder,
+                                             stable_diffusion_schedule().sigma_max)}
+              if args.method in CAPPED_LADDERS else {})
     config = sd_config(args.method, "", resolution=args.resolution, guidance=preset, kappa=kappa,
                        optim=dict(gen_lr=1e-6, critic_lr=1e-6), batch_size=args.batch, steps=1, **ladder)
     return config, build_spec(config)

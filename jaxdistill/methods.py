@@ -69,6 +69,12 @@ def _few_step_ladder(k: int, sigma_max: float = 80.0) -> tuple:
     return tuple(ladder)
 
 
+def ladder_within(ladder: tuple, sigma_max: float) -> tuple:
+    """`ladder` with every σ above `sigma_max` lowered to it: an EDM or flow ladder (σ_init 80)
+    for a VP teacher, whose largest σ (its last timestep) is pure noise to it."""
+    return tuple(min(float(s), sigma_max) for s in ladder)
+
+
 _SID_NOISE = ("sid_karras", {"t_max": 800.0})
 _EDM_NOISE = ("edm_lognormal", {})
 _DMD2_EDM_NOISE = ("sid_karras", {"t_max": 980.0})

@@ -97,9 +97,9 @@ def world_config(method: str, variant: str, *, guidance: str = "", kappa: float 
 def world_sid_lsg(variant: str = "") -> ml_collections.ConfigDict:
     """What `make demo` runs (configs/world_sid_lsg.py): one-step SiD-LSG of the world's teacher
     at κ = 2 in all three knobs (one of SiD-LSG's released κ, and the teacher's best CFG in
-    teacher_eval.json: 99.4% alignment at the real-data FD floor), Adam β=(0, 0.999) at lr 1e-4 for both networks (the SD recipe's
-    1e-6 is for 860M parameters; this UNet has about 1M), batch 8, 60 iterations (what fits the
-    demo's 10 CPU minutes), EMA 0.99."""
+    teacher_eval.json: 99.4% alignment at the real-data FD floor), Adam β=(0, 0.999) at lr 1e-4
+    for both networks (the SD recipe's 1e-6 is for 860M parameters; this UNet has about 1M),
+    batch 8, 60 iterations (what fits the demo's 10 CPU minutes), EMA 0.99."""
     return world_config("sid_lsg", variant, guidance="sid_lsg", kappa=2.0,
                         optim=dict(gen_lr=1e-4, critic_lr=1e-4, ema_decay=0.99), steps=60)
 

@@ -20,7 +20,9 @@ import time
 import numpy as np
 
 from jaxdistill import world
+from jaxdistill.methods import get_method, ladder_within
 from jaxdistill.recipes import world_config
+from jaxdistill.teachers.stable_diffusion import StableDiffusion
 from jaxdistill.train.program import open_run, train
 from jaxdistill.world import metrics, scene
 
@@ -28,9 +30,9 @@ from jaxdistill.world import metrics, scene
 # recipe (5e-7) is half SiD-LSG's (1e-6).
 OPTIM = dict(gen_lr=1e-4, critic_lr=1e-4, ema_decay=0.99)
 DMD2_OPTIM = dict(gen_lr=5e-5, critic_lr=5e-5, ema_decay=0.99)
-# The teacher's largest σ (t = 999 of SD's scaled-linear table, pure noise for it), where DMD2 starts
-# its SD generators and where the few-step ladder's first rung (ml-sid-dit's σ = 80) is capped.
-SIGMA_MAX = 14.6146
+# The teacher's largest σ (t = 999 of its scaled-linear table, 14.6146; pure noise for it): where DMD2
+# starts its SD generators, and where the few-step ladder's first rung (ml-sid-dit's σ = 80) is capped.
+SIGMA_MAX = StableDiffusion.abstract(world.TEACHER).schedule.sigma_max
 DDPM_T = ("ddpm", {"t_min": 20, "t_max": 980})  # DMD2's t range for SD teachers (configs/dmd2_sdxl.py)
 METHODS = {
     "sid_lsg_1.5": lambda steps: world_config("sid_lsg", "", guidance="sid_lsg", kappa=1.5, optim=OPTIM, steps=steps),
@@ -38,11 +40,13 @@ METHODS = {
     # Few-step SiD on this ε-teacher: SiD-LSG's kernel, noise and κ with ml-sid-dit's K = 4 ladder
     # σ = t/(1 − t), t = 1 − i/4, capped at σ_max, and its uniform mixture over the steps.
     "sid_lsg_k4": lambda steps: world_config("sid_lsg", "", guidance="sid_lsg", kappa=1.5, optim=OPTIM, steps=steps,
-                                             sigma_ladder=(SIGMA_MAX, 3.0, 1.0, 1 / 3)),
+                                             sigma_ladder=ladder_within(get_method("sid_fewstep").sigma_ladder,
+                                                                        SIGMA_MAX)),
     "zero_cfg": lambda steps: world_config("sid_lsg", "", guidance="zero_cfg", optim=OPTIM, steps=steps),
     "anti_cfg": lambda steps: world_config("sid_lsg", "", guidance="anti_cfg", kappa=-1.0, optim=OPTIM, steps=steps),
     "dmd2": lambda steps: world_config("dmd2", "", guidance="dmd2", kappa=1.75, optim=DMD2_OPTIM, steps=steps,
-                                       sigma_ladder=(SIGMA_MAX,), gen_noise=DDPM_T, critic_noise=DDPM_T),
+                                       sigma_ladder=ladder_within(get_method("dmd2").sigma_ladder, SIGMA_MAX),
+                                       gen_noise=DDPM_T, critic_noise=DDPM_T),
     "diff_instruct": lambda steps: world_config("diff_instruct", "", guidance="sid_lsg", kappa=1.5, optim=OPTIM,
                                                 steps=steps),
 }

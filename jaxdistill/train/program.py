@@ -42,6 +42,7 @@ import numpy as np
 
 from jaxdistill.eval.mixture_metrics import evaluate
 from jaxdistill.eval.render import render_samples
+from jaxdistill.methods import ladder_within
 from jaxdistill.recipes import STATE_DEFINING, build_spec
 from jaxdistill.teachers import ring_mixture
 from jaxdistill.toy import toy_distiller
@@ -275,10 +276,10 @@ def _build_sd_run(config: ml_collections.ConfigDict, mesh, abstract: bool = Fals
     tc, m = config.teacher, config.model
     kw = dict(dtype=jnp.dtype(m.compute_dtype), param_dtype=jnp.dtype(m.param_dtype), attention_impl=m.attention,
               remat=m.remat)
-    source = (tc.path or tc.get("architecture", "")) if abstract else tc.path
+    architecture = "" if tc.path else tc.get("architecture", "")
     try:
         if abstract:  # shapes only: config files or a published architecture, no weights, no text encoding
-            sd = StableDiffusion.abstract(tc.path, architecture="" if tc.path else tc.get("architecture", ""), **kw)
+            sd = StableDiffusion.abstract(tc.path, architecture=architecture, **kw)
             prompts = (read_prompts(tc.prompts) if tc.prompts else []) or [""] * num_prompts
             bank = abstract_prompt_bank(sd, len(prompts), kw["dtype"], mesh.shape["data"] * mesh.shape["fsdp"])
         else:
@@ -287,7 +288,7 @@ def _build_sd_run(config: ml_collections.ConfigDict, mesh, abstract: bool = Fals
             bank = sharded_prompt_bank(sd, prompts, tc.resolution, mesh, shd.BATCH_AXES)
         sd.latent_shape(tc.resolution)  # a resolution the VAE and UNet cannot take fails here, as a RunError
     except (WeightsError, FileNotFoundError, ValueError) as e:
-        where = f"teacher.path={tc.path!r}" if tc.path else f"teacher.architecture={source!r}"
+        where = f"teacher.path={tc.path!r}" if tc.path or not abstract else f"teacher.architecture={architecture!r}"
         raise RunError(f"cannot {'read the shapes of' if abstract else 'load'} the teacher in {where}: {e}") from e
     return sd_run(config, mesh, sd, prompts, bank, abstract=abstract)
 
@@ -343,10 +344,10 @@ def _require_ladder_in_range(ladder: tuple, sigma_max: float) -> None:
     by σ/σ_max: the registry's EDM and flow ladders (DMD2's and ml-sid-dit's σ = 80) are wrong for
     it, so they are refused rather than clipped."""
     if max(ladder) > sigma_max * (1 + 1e-4):
-        fitted = tuple(round(min(s, sigma_max), 4) for s in ladder)
-        raise RunError(f"method.sigma_ladder={tuple(ladder)} goes above this teacher's largest σ {sigma_max:.4f} (its "
-                       f"schedule's last timestep; above it x̂₀ = x − σ·ε̂ multiplies the teacher's error by σ/σ_max). "
-                       f"Start at most at σ_max, e.g. --config.method.sigma_ladder='{fitted}'.")
+        fitted = tuple(round(s, 4) for s in ladder_within(ladder, sigma_max))
+        raise RunError(f"method.sigma_ladder={tuple(ladder)} goes above this teacher's largest σ {sigma_max:.4f} "
+                       "(its schedule's last timestep; above it x̂₀ = x − σ·ε̂ multiplies the teacher's error by "
+                       f"σ/σ_max). Start at most at σ_max, e.g. --config.method.sigma_ladder='{fitted}'.")
 
 
 def _teacher_specs(unet, teacher: dict, mesh) -> dict:
