@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxdistill.models import attention as attn
+from jaxdistill.models import attention as attn, target
 from jaxdistill.train import sharding as shd
 from jaxdistill.train import topology as tpu
 
@@ -31,7 +31,7 @@ def compile_grad(impl: str, mesh, batch: int, length: int, heads: int, head_dim:
     x = jax.ShapeDtypeStruct((batch, length, heads, head_dim), jnp.bfloat16,
                              sharding=NamedSharding(mesh, P(shd.BATCH_AXES)))
     loss = lambda q, k, v: jnp.sum(attn.attention(q, k, v, impl=impl).astype(jnp.float32))  # noqa: E731
-    with attn.compiling_for(mesh):
+    with target.compiling_for(mesh):
         lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, x, x)
     return lowered.compile()
 

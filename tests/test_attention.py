@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdistill.models import attention as attn
+from jaxdistill.models import attention as attn, target
 from jaxdistill.train.sharding import make_mesh
 
 
@@ -48,9 +48,9 @@ def test_the_compile_target_picks_the_kernel(monkeypatch):
         return str(jax.make_jaxpr(lambda q, k, v: attn.attention(q, k, v, impl=impl))(q, k, v))
 
     assert "pallas_call" not in kernels(128)  # this host's backend is the CPU: splash falls back
-    with attn.compiling_for(make_mesh((1, 1, 1), jax.devices()[:1])):
-        assert attn._platform() == "cpu"
-    monkeypatch.setattr(attn, "_platform", lambda: "tpu")  # as under compiling_for(a TPU topology's mesh)
+    with target.compiling_for(make_mesh((1, 1, 1), jax.devices()[:1])):
+        assert target.platform() == "cpu"
+    monkeypatch.setattr(target, "platform", lambda: "tpu")  # as under compiling_for(a TPU topology's mesh)
     assert "pallas_call" in kernels(128)
     assert "pallas_call" not in kernels(77)  # CLIP's 77 text tokens: cross-attention falls back to xla
     assert "pallas_call" not in kernels(128, impl="cudnn")

@@ -12,17 +12,15 @@
 When the chosen kernel's constraints fail (dtype, head_dim, sequence length, backend) the call
 falls back to `xla` and logs why, once per reason.
 
-The backend is the one the program is compiled for: `jax.default_backend()`, or the devices of the
-mesh given to `compiling_for(mesh)` while tracing (a TPU topology planned from a CPU host). Under
-`compiling_for`, splash runs per device through `jax.shard_map`, the batch split over the mesh's
-batch axes and the heads over its `tensor` axis where they divide (a Pallas call is not
-partitioned by XLA itself).
+The backend is the one the program is compiled for (`jaxdistill.models.target`): the default
+backend, or the devices of the mesh given to `target.compiling_for(mesh)` while tracing (a TPU
+topology planned from a CPU host). Under `compiling_for`, splash runs per device through
+`jax.shard_map`, the batch split over the mesh's batch axes and the heads over its `tensor` axis
+where they divide (a Pallas call is not partitioned by XLA itself).
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
 import math
 
@@ -31,27 +29,10 @@ import jax.numpy as jnp
 from absl import logging
 from flax import nnx
 
-from jaxdistill.models import layers
+from jaxdistill.models import layers, target
 
 IMPLS = ("xla", "cudnn", "splash")
 BATCH_AXES, HEAD_AXIS = ("data", "fsdp"), "tensor"  # jaxdistill.train.sharding's mesh axes
-_MESH = contextvars.ContextVar("attention_mesh", default=None)
-
-
-@contextlib.contextmanager
-def compiling_for(mesh: jax.sharding.Mesh):
-    """Trace attention for the devices of `mesh` (their platform picks the kernels; splash is
-    mapped over the mesh), e.g. around `jax.jit(...).lower(...)` of a train step for a TPU slice."""
-    token = _MESH.set(mesh)
-    try:
-        yield
-    finally:
-        _MESH.reset(token)
-
-
-def _platform() -> str:
-    mesh = _MESH.get()
-    return mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
 
 
 @functools.lru_cache(maxsize=None)
@@ -74,7 +55,7 @@ def _xla(q, k, v, causal: bool):
 
 
 def _unsupported(impl: str, q, k) -> str | None:
-    backend = _platform()
+    backend = target.platform()
     head_dim = q.shape[-1]
     if impl == "cudnn":
         if backend != "gpu":
@@ -136,7 +117,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, impl: str = "xla", ca
     if impl == "cudnn":
         return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
     if impl == "splash":
-        return _splash(q, k, v, causal, _MESH.get())
+        return _splash(q, k, v, causal, target.mesh())
     return _xla(q, k, v, causal)
 
 

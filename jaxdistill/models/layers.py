@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxdistill.models.conv import conv_general_dilated
+
 # True while `abstract_module` builds: kernels then get the (cheaper to trace) zeros initializer.
 _SHAPE_ONLY = contextvars.ContextVar("jaxdistill_shape_only", default=False)
 CONV_AXES = ("embed", "mlp")
@@ -66,8 +68,9 @@ def _kernel_init():
 
 def conv(in_channels: int, out_channels: int, kernel_size: int = 3, *, stride: int = 1, padding=None,
          axes: tuple = CONV_AXES, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs) -> nnx.Conv:
-    """nnx.Conv with PyTorch's symmetric padding (kernel_size // 2 unless given) and logical axes
-    `axes` = (in-channel axis, out-channel axis) on its HWIO kernel."""
+    """nnx.Conv with PyTorch's symmetric padding (kernel_size // 2 unless given), logical axes
+    `axes` = (in-channel axis, out-channel axis) on its HWIO kernel, and
+    `jaxdistill.models.conv.conv_general_dilated` (fast kernel gradients on a CPU)."""
     pad = kernel_size // 2 if padding is None else padding
     padding = pad if isinstance(pad, str) else ((pad, pad), (pad, pad))
     with nnx.use_eager_sharding(False):  # logical names only; placement happens at load time
@@ -75,7 +78,7 @@ def conv(in_channels: int, out_channels: int, kernel_size: int = 3, *, stride: i
             in_channels, out_channels, (kernel_size, kernel_size), strides=stride, padding=padding,
             kernel_init=nnx.with_partitioning(_kernel_init(), (None, None) + tuple(axes)),
             bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)),
-            dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+            dtype=dtype, param_dtype=param_dtype, conv_general_dilated=conv_general_dilated, rngs=rngs,
         )
 
 

@@ -13,7 +13,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxdistill.generator import generate
 from jaxdistill.methods import MethodSpec
-from jaxdistill.models.attention import compiling_for
+from jaxdistill.models.target import compiling_for
 from jaxdistill.train import sharding as shd
 from jaxdistill.train.checkpoint import Checkpointer, abstract_like
 from jaxdistill.train.state import TrainState, init_state, make_optimizer
@@ -126,7 +126,7 @@ class Distiller:
                              out_shardings=(self.state_sharding, NamedSharding(self.mesh, P())),
                              donate_argnums=0)
             start = time.perf_counter()
-            with compiling_for(self.mesh):  # attention kernels for this mesh's devices
+            with compiling_for(self.mesh):  # attention and convolution kernels for this mesh's devices
                 lowered = jitted.lower(self.state, teacher_params)
             self._compiled = lowered.compile(compiler_options or None)
             self.compile_seconds = time.perf_counter() - start
