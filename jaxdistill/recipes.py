@@ -99,9 +99,13 @@ def world_sid_lsg(variant: str = "") -> ml_collections.ConfigDict:
     at κ = 2 in all three knobs (one of SiD-LSG's released κ, and the teacher's best CFG in
     teacher_eval.json: 99.4% alignment at the real-data FD floor), Adam β=(0, 0.999) at lr 1e-4
     for both networks (the SD recipe's 1e-6 is for 860M parameters; this UNet has about 1M),
-    batch 8, 60 iterations (what fits the demo's 10 CPU minutes), EMA 0.99."""
+    batch 8, 225 iterations (what fits the demo's 10 CPU minutes at 1.4 s each), EMA 0.99.
+    Measured on the demo's 90 images (alignment %, FD, diversity) after 50, 100, ..., 300
+    iterations: 56.7/161/0.86, 77.8/82/0.91, 87.8/48/0.84, 95.6/34/0.76, 97.8/37/0.67,
+    98.9/47/0.58; 96.7/34/0.71 at 225 (the demo). Alignment keeps rising while diversity falls.
+    lr 3e-4 was no better: 97.8/43/0.56 at 250."""
     return world_config("sid_lsg", variant, guidance="sid_lsg", kappa=2.0,
-                        optim=dict(gen_lr=1e-4, critic_lr=1e-4, ema_decay=0.99), steps=60)
+                        optim=dict(gen_lr=1e-4, critic_lr=1e-4, ema_decay=0.99), steps=225)
 
 
 def build_spec(config: ml_collections.ConfigDict) -> MethodSpec:

@@ -206,6 +206,13 @@ def test_bad_config_values_fail_with_a_message(tmp_path, override, needle):
     assert not _steps(tmp_path)
 
 
+def test_eval_samples_zero_skips_the_end_of_train_evaluation(tmp_path):  # what the demo sets: it evaluates itself
+    lines = []
+    assert train(_tiny(steps=2, eval_samples=0), str(tmp_path), print_fn=lines.append) == {}
+    assert lines[-1] == "no end-of-train evaluation (train.eval_samples=0)"
+    assert not any(line.startswith("final:") for line in lines)
+
+
 def test_incompatible_workdir_is_refused_and_left_untouched(tmp_path):
     train(_tiny(steps=2), str(tmp_path), print_fn=lambda *_: None)
     before = {p: os.path.getmtime(tmp_path / "checkpoints" / p) for p in os.listdir(tmp_path / "checkpoints")}

@@ -441,7 +441,7 @@ class _StopFlag:
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, print_fn=print) -> dict:
     """Run (or resume) the distillation described by `config` in `workdir`; returns the final
-    evaluation of the EMA generator."""
+    evaluation of the EMA generator on `train.eval_samples` samples (none when 0)."""
     run = build_run(config)
     d, t = run.distiller, config.train
     primary = jax.process_index() == 0  # the one process that prints and writes files (the checkpoint is everyone's)
@@ -469,6 +469,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, print_fn=print) ->
                 signal.signal(s, handler)
         if stop.signal is None and ckpt.latest_step() != int(d.state.step):
             d.save(ckpt, run.resolved, force=True)
+    if not t.eval_samples:
+        print_fn("no end-of-train evaluation (train.eval_samples=0)")
+        return {}
     summary = run.evaluate(t.eval_samples, seed=t.seed + 1)
     print_fn("final: " + json.dumps(summary))
     return summary
