@@ -7,7 +7,7 @@ mingyuanzhou/SiD-LSG), generator and critic initialised from the teacher's UNet,
 prompt dropout 0.1, Adam β=(0, 0.999) at lr 1e-4 for both (the SD recipe's 1e-6 is for 860M
 parameters; this UNet has about 1M), batch 8, 225 iterations (CPU-sized; see README), EMA 0.99
 (`jaxdistill.recipes.world_sid_lsg`).
-Cost on a 2-core CPU: train-step compile about 70 s, 1.4 s per iteration, 396 s of training in
+Cost: on a 2-core CPU, train-step compile about 70 s, 1.4 s per iteration, 396 s of training in
 all (README, "What `make demo` printed").
 Tiny variant (tests, seconds): --config configs/world_sid_lsg.py:tiny
 """
