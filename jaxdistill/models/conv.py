@@ -8,10 +8,10 @@ and the input gradient stay XLA convolutions. The kernel gradient becomes one ma
 
 Why: XLA:CPU computes a kernel gradient as a convolution whose window is the whole feature map.
 In the embedded world's SiD-LSG train step (batch 8, 32×32 pixels, channels 16/32/64) those
-ran at about 1 GFLOP/s. In a profile, one [3, 3, 64, 64] kernel's gradient over 16×16 maps took
-142 ms per step, and all the convolutions took 1.85 s of the step's 3.7 s. With tap matmuls
-`experiments/conv_grads.py` measured 1.391 s per step against 3.670 s on a 2-core CPU, with the
-losses equal to float32 rounding.
+ran at 1–2 GFLOP/s. In a profile, one [3, 3, 64, 64] kernel's gradient over 16×16 maps (0.15
+or 0.3 GFLOP, at batch 8 or 16) took 142 ms per step, and all the convolutions took 1.85 s of
+the step's 3.7 s. With tap matmuls `experiments/conv_grads.py` measured 1.391 s per step
+against 3.670 s on a 2-core CPU, with the losses equal to float32 rounding.
 
 On GPU and TPU targets, and for dilated, grouped or string-padded convolutions, it is
 `lax.conv_general_dilated` itself. The CPU path is a `jax.custom_vjp`, so it supports reverse

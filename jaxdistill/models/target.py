@@ -36,5 +36,5 @@ def mesh() -> jax.sharding.Mesh | None:
 
 def platform() -> str:
     """'cpu', 'gpu' or 'tpu': the platform of `mesh()`'s devices, else the default backend's."""
-    m = _MESH.get()
+    m = mesh()
     return m.devices.flat[0].platform if m is not None else jax.default_backend()
