@@ -22,9 +22,9 @@ depend on their values.
 
 Each measurement runs in its own process (clean device memory and peak counters); the parent
 prints one table: ms/step, generator images/s, ratio of ours to each reference, model FLOPs
-utilisation (FLOPs per step from XLA's cost analysis of our compiled step, which counts a loop
-body once: the n_critic scan is unrolled for the count, the few-step generator's no-grad
-passes are not; peak from the device's dense bf16 rate), peak device memory and compile time.
+utilisation (FLOPs per step from XLA's cost analysis of our compiled step, with every iteration of
+its loops counted by `jaxdistill.train.costs.step_cost`; peak from the device's dense bf16
+rate), peak device memory and compile time.
 A batch that does not fit is reported as out of memory.
 """
 
@@ -81,6 +81,7 @@ def jax_worker(args) -> dict:
     import jax.numpy as jnp
 
     from jaxdistill.teachers.stable_diffusion import StableDiffusion, random_prompt_bank
+    from jaxdistill.train import costs
     from jaxdistill.train import sharding as shd
     from jaxdistill.train.program import sd_run
 
@@ -92,11 +93,10 @@ def jax_worker(args) -> dict:
     sd = StableDiffusion.random(unet_config(args.model) if args.model == "tiny" else args.model, **kw)
     bank = random_prompt_bank(sd, args.prompts, args.resolution, kw["dtype"])
     mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
-    run = sd_run(config, mesh, sd, [""] * args.prompts, bank, unroll_critic=spec.n_critic > 1)
+    run = sd_run(config, mesh, sd, [""] * args.prompts, bank)
     d = run.distiller
     compiled = d.compile(run.teacher)
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
+    flops = costs.step_cost(compiled, 1).flops
     teacher = jax.device_put(run.teacher, d.teacher_sharding(run.teacher))
     state = d.state
     for _ in range(args.warmup):
@@ -109,7 +109,7 @@ def jax_worker(args) -> dict:
     seconds = (time.perf_counter() - start) / args.iters
     device = jax.devices()[0]
     stats = device.memory_stats() or {}
-    return {"seconds": seconds, "flops": float(cost.get("flops", 0.0)), "compile_s": d.compile_seconds,
+    return {"seconds": seconds, "flops": flops, "compile_s": d.compile_seconds,
             "peak_bytes": stats.get("peak_bytes_in_use"), "device": device.device_kind,
             "gen_loss": float(metrics["gen_loss"])}
 

@@ -42,7 +42,7 @@ SLICES = {
 }
 
 
-def plan(recipe: str, slice_name: str, batch: int, mesh, remat: str) -> dict:
+def plan(recipe: str, slice_name: str, batch: int, mesh, remat: str, scan_layers: bool = False) -> dict:
     """`info` of one configuration; {'fits': False, 'needs': bytes} when the compiler says it does not fit."""
     from ml_collections import config_flags  # noqa: F401  (the config files import ml_collections)
 
@@ -58,7 +58,7 @@ def plan(recipe: str, slice_name: str, batch: int, mesh, remat: str) -> dict:
     config.teacher.update(architecture=arch, resolution=resolution, path="")
     config.mesh.shape = tuple(mesh)
     config.train.batch_size = batch
-    config.model.update(remat=remat, attention="xla")
+    config.model.update(remat=remat, attention="xla", scan_layers=scan_layers)
     start = time.perf_counter()
     try:
         report = info(config, topology=slice_name, print_fn=lambda *_: None)
@@ -69,14 +69,15 @@ def plan(recipe: str, slice_name: str, batch: int, mesh, remat: str) -> dict:
     return {"fits": True, "batch": batch, "seconds": time.perf_counter() - start, **report}
 
 
-def search(recipe: str, slice_name: str, max_tries: int, batch: int = 0, remat: str = "") -> tuple[dict | None, list]:
+def search(recipe: str, slice_name: str, max_tries: int, batch: int = 0, remat: str = "",
+           scan_layers: bool = False) -> tuple[dict | None, list]:
     mesh, default_remat = SLICES[slice_name]
     remat = remat or default_remat
     shards = mesh[0] * mesh[1]
     batch = max((batch or RECIPES[recipe][3]) // shards, 1) * shards
     tried, best = [], None
     while len(tried) < max_tries and batch >= shards:
-        r = plan(recipe, slice_name, batch, mesh, remat)
+        r = plan(recipe, slice_name, batch, mesh, remat, scan_layers)
         needs = re.search(r"needs ([\d.,]+ GiB)", r.get("error", ""))
         tried.append((batch, r["fits"], round(r["seconds"]), needs.group(1) if needs else ""))
         if r["fits"]:
@@ -91,9 +92,9 @@ def search(recipe: str, slice_name: str, max_tries: int, batch: int = 0, remat: 
     return best, tried
 
 
-def row(recipe: str, slice_name: str, best: dict | None, tried: list, remat: str = "") -> str:
+def row(recipe: str, slice_name: str, best: dict | None, tried: list, remat: str = "", scan_layers: bool = False) -> str:
     mesh, default_remat = SLICES[slice_name]
-    remat = remat or default_remat
+    remat = (remat or default_remat) + (", scanned layers" if scan_layers else "")
     attempts = ", ".join(f"{b} {'fits' if ok else f'needs {need} temporaries'} ({s} s)" for b, ok, s, need in tried)
     if best is None:
         return f"| {recipe} | {slice_name} | {mesh} | {remat} | < {min(t[0] for t in tried)} | | | | {attempts} |"
@@ -110,6 +111,8 @@ def main() -> None:
     parser.add_argument("--max_tries", type=int, default=3)
     parser.add_argument("--batch", type=int, default=0, help="first global batch to try (default: the recipe's)")
     parser.add_argument("--remat", default="", help="remat policy for every row (default: the slice's in SLICES)")
+    parser.add_argument("--scan_layers", action="store_true",
+                        help="run each UNet transformer's stack of blocks as one lax.scan (config.model.scan_layers)")
     parser.add_argument("--out", default="", help="also append the rows (markdown) and JSON reports here")
     args = parser.parse_args()
     logging.set_verbosity(logging.ERROR)
@@ -119,8 +122,8 @@ def main() -> None:
           "| est. images/s | binds | compiles: global batch, verdict (compile s on a 2-core host) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for recipe, slice_name in rows:
-        best, tried = search(recipe, slice_name, args.max_tries, args.batch, args.remat)
-        line = row(recipe, slice_name, best, tried, args.remat)
+        best, tried = search(recipe, slice_name, args.max_tries, args.batch, args.remat, args.scan_layers)
+        line = row(recipe, slice_name, best, tried, args.remat, args.scan_layers)
         print(line, flush=True)
         if args.out:
             with open(args.out, "a") as f:

@@ -62,7 +62,7 @@ def sd_config(method: str, variant: str, *, resolution: int, guidance: str, kapp
                      resolution=resolution, judge="")
     c.method = dict(name=method, guidance=guidance, kappa=kappa, **method_overrides)
     c.model = dict(init_from_teacher=True, param_dtype="float32", compute_dtype="bfloat16", attention="cudnn",
-                   remat="dots_saveable")
+                   remat="dots_saveable", scan_layers=False)
     c.optim = dict(optim)
     c.mesh = dict(shape=(1, 1, 1))
     c.train = dict(steps=steps, batch_size=batch_size, seed=0, log_every=50, checkpoint_every=1000, keep=3,

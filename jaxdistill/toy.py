@@ -80,7 +80,7 @@ def toy_distiller(
                              rngs=nnx.Rngs(seed + 1))
         head = DiscriminatorHead(hidden, hidden, rngs=nnx.Rngs(seed + 2)) if spec.discriminator else None
     return Distiller(spec, mixture_problem(gm), gen, critic, head, batch_size=batch_size, mesh=mesh, seed=seed,
-                     on_teacher=True, abstract=abstract, unroll_critic=abstract)
+                     on_teacher=True, abstract=abstract)
 
 
 def distill_mixture(gm: GaussianMixture, spec: MethodSpec, *, steps: int, log_every: int = 0, **kwargs) -> ToyRun:

@@ -141,6 +141,92 @@ def test_collective_bytes_follow_the_ring_model():
     assert sent["collective-permute"] == 40 and sent["all-to-all"] == 0
 
 
+# A scan of 10 matmuls as TPU HLO prints it: no known_trip_count, the bound in the condition.
+LOOP_HLO = """
+%body (p: (s32[], f32[64,256], f32[10,256,256])) -> (s32[], f32[64,256], f32[10,256,256]) {
+  %p = (s32[], f32[64,256]{1,0}, f32[10,256,256]{2,1,0}) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %x = f32[64,256]{1,0} get-tuple-element(%p), index=1
+  %w = f32[10,256,256]{2,1,0} get-tuple-element(%p), index=2
+  %ag = f32[64,256]{1,0:T(8,128)} all-gather(%x), replica_groups=[1,8]<=[8], dimensions={0}
+  %y = f32[64,256]{1,0} fusion(%ag, %w, %i), kind=kOutput, calls=%fused_dot
+  ROOT %t = (s32[], f32[64,256]{1,0}, f32[10,256,256]{2,1,0}) tuple(%i, %y, %w)
+}
+
+%fused_dot (param_0: f32[64,256], param_1: f32[10,256,256], param_2: s32[]) -> f32[64,256] {
+  %param_0 = f32[64,256]{1,0} parameter(0)
+  %param_1 = f32[10,256,256]{2,1,0} parameter(1)
+  %param_2 = s32[] parameter(2)
+  %zero = s32[] constant(0)
+  %slice = f32[1,256,256]{2,1,0} dynamic-slice(%param_1, %param_2, %zero, %zero), dynamic_slice_sizes={1,256,256}
+  %w_i = f32[256,256]{1,0} bitcast(%slice)
+  ROOT %dot = f32[64,256]{1,0} convolution(%param_0, %w_i), dim_labels=bf_io->bf
+}
+
+%cond (p: (s32[], f32[64,256], f32[10,256,256])) -> pred[] {
+  %p = (s32[], f32[64,256]{1,0}, f32[10,256,256]{2,1,0}) parameter(0)
+  %bound = s32[]{:T(128)} constant(10)
+  %i = s32[] get-tuple-element(%p), index=0
+  ROOT %lt = pred[] compare(%i, %bound), direction=LT
+}
+
+ENTRY %main (x: f32[64,256], w: f32[10,256,256]) -> f32[64,256] {
+  %x = f32[64,256]{1,0} parameter(0)
+  %w = f32[10,256,256]{2,1,0} parameter(1)
+  %zero = s32[] constant(0)
+  %init = (s32[], f32[64,256]{1,0}, f32[10,256,256]{2,1,0}) tuple(%zero, %x, %w)
+  %loop = (s32[], f32[64,256]{1,0}, f32[10,256,256]{2,1,0}) while(%init), condition=%cond, body=%body
+  %y = f32[64,256]{1,0} get-tuple-element(%loop), index=1
+  ROOT %sum = f32[64,256]{1,0} all-reduce(%y), replica_groups=[1,8]<=[8], to_apply=%add
+}
+"""
+
+
+def test_loop_bodies_count_once_per_iteration():
+    """XLA's cost analysis counts a while body once; `loop_costs` adds the other iterations:
+    the body's convolution FLOPs, its kernels' bytes (the weight slice, not the stacked weights)
+    and its all-gather, with the trip count read from the condition."""
+    lc = costs.loop_costs(LOOP_HLO, num_devices=8)
+    assert lc.unknown_trip_counts == 0
+    assert lc.flops == 9 * 2 * 64 * 256 * 256
+    # The all-gather reads x and writes ag (2·64·256·4); the fusion reads ag (64·256·4), the slice
+    # of w (256·256·4) and the index (4), and writes y (64·256·4).
+    assert lc.bytes_accessed == 9 * (2 * 64 * 256 * 4 + 2 * 64 * 256 * 4 + 256 * 256 * 4 + 4)
+    assert lc.collectives["all-gather"] == 10 * 64 * 256 * 4 * 7 / 8
+    assert lc.collectives["all-reduce"] == 64 * 256 * 4 * 2 * 7 / 8  # outside the loop: once
+    unknown = costs.loop_costs(LOOP_HLO.replace("constant(10)", "constant(10)\n  %other = s32[] constant(3)"), 8)
+    assert unknown.unknown_trip_counts == 1 and unknown.flops == 0  # counted once, and said so
+
+
+def test_a_scanned_step_costs_what_the_unrolled_one_does():
+    """Compiled on the CPU: a scan of 10 matmul layers (value and gradient) against the same
+    program unrolled, whose cost analysis sees every layer."""
+    def grad(unroll):
+        def f(w, x):
+            return jax.lax.scan(lambda h, w: (jnp.tanh(h @ w), None), x, w, unroll=unroll)[0].sum()
+        return jax.jit(jax.grad(f)).lower(jnp.ones((10, 128, 128)), jnp.ones((32, 128))).compile()
+
+    scanned, unrolled = grad(1), grad(True)
+    expected = unrolled.cost_analysis()["flops"]
+    assert scanned.cost_analysis()["flops"] < 0.2 * expected  # XLA alone: the body once
+    step = costs.step_cost(scanned, 1)
+    assert step.unknown_trip_counts == 0
+    assert abs(step.flops / expected - 1) < 0.05, (step.flops, expected)
+
+
+def test_every_critic_update_is_counted():
+    """DMD2's critic updates run as a lax.scan; the planner counts each of them: every two more
+    updates add the same FLOPs."""
+    flops = []
+    for n in (3, 5, 7):
+        config = mixture_config("dmd2", "tiny")
+        config.optim.n_critic = n
+        report = info(config, print_fn=lambda *_: None)
+        assert report["loops_counted_once"] == 0
+        flops.append(report["step_flops_per_device"])
+    assert flops[1] - flops[0] == flops[2] - flops[1] > 0.25 * flops[0]
+
+
 def test_an_out_of_memory_compile_error_is_read():
     e = RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
                      "(32.00G) exceeds available HBM (15.75G).")
@@ -178,6 +264,30 @@ def test_info_compiles_a_stable_diffusion_step_from_config_files_alone(tmp_path)
     report = info(config, print_fn=lambda *_: None)
     assert report["collective_bytes_per_device"]["all-gather"] > 0  # fsdp-sharded generator, critic and teacher
     assert report["parameters"]["teacher"] > report["parameters"]["generator"] > 0
+
+
+def test_fsdp_computes_each_devices_share_of_the_batch_only(tmp_path):
+    """The SDXL-shaped SiD-LSG step with its weights sharded over fsdp (1, 8, 1) costs each
+    device what data parallelism (8, 1, 1) does: the UNet pins its activations to the batch
+    axes (`target.shard_batch`). Without that, XLA's partitioner gathered the activations and
+    each device computed the whole batch: 2.9× the FLOPs and 4.9× the temporaries here."""
+    from jaxdistill.train.program import build_run
+
+    folder = make_tiny_sd(str(tmp_path / "sd"), "sdxl")
+    for path in tmp_path.rglob("*.safetensors"):
+        path.unlink()
+    cheap = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
+             "xla_cpu_use_fusion_emitters": False, "xla_cpu_parallel_codegen_split_count": 1}
+    cost = {}
+    for mesh in ((8, 1, 1), (1, 8, 1)):
+        config = sd_config("sid_lsg", "tiny", resolution=32, guidance="sid_lsg", kappa=1.5,
+                           optim=dict(gen_lr=1e-6, critic_lr=1e-6, n_critic=1, ema_decay=0.99), batch_size=8, steps=2)
+        config.teacher.path, config.mesh.shape, config.train.batch_size = folder, mesh, 8
+        job = build_run(config, abstract=True)
+        cost[mesh] = costs.step_cost(job.distiller.compile(job.teacher, cheap), 8)
+    data, fsdp = cost[(8, 1, 1)], cost[(1, 8, 1)]
+    assert fsdp.flops < 1.05 * data.flops and fsdp.memory["temp"] < 1.2 * data.memory["temp"], (
+        data.flops, fsdp.flops, data.memory, fsdp.memory)
 
 
 def test_the_prompt_bank_is_split_over_the_batch_axes_and_padding_is_never_drawn(tmp_path):

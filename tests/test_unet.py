@@ -182,6 +182,49 @@ def test_remat_wraps_every_resnet_and_transformer_block(tiny):
     assert "DotsSaveable(only_if_no_batch_dims=True)" in jaxpr
 
 
+def test_scanned_transformer_layers_equal_the_loop(tiny):
+    """scan_layers: the sdxl tiny's 2-block transformers run as one lax.scan (checkpointed body),
+    sharded over a (2, 4, 1) mesh; output and parameter gradients equal the unrolled loop's."""
+    from jaxdistill.train.sharding import make_mesh
+
+    _, folder, loop, out = tiny("sdxl")
+    scanned = UNet2DConditionModel.from_pretrained(folder, mesh=make_mesh((2, 4, 1)), remat="full", scan_layers=True)
+    assert scanned.down_blocks[1].attentions[0].scan_layers and not loop.down_blocks[1].attentions[0].scan_layers
+    assert not scanned.up_blocks[1].resnets[0].__dict__.get("scan_layers")  # nothing else changes
+    jaxpr = str(_trace(scanned, "sdxl"))
+    # sdxl tiny: 2-block transformers in down level 1 (1), mid (1) and up level 0 (2): 4 scans whose
+    # bodies are checkpointed, plus the 8 resnets' checkpoints (the loop would have 8 + 8 blocks').
+    assert jaxpr.count("scan[") == 4 and jaxpr.count("remat2[") == 4 + 8
+    np.testing.assert_allclose(_forward(scanned, "sdxl"), out, atol=1e-5, rtol=0)
+
+    grads = [nnx.to_flat_state(params) for params in (_grad_step(m)[1] for m in (loop, scanned))]
+    for (path, a), (path_b, b) in zip(*grads, strict=True):
+        assert path == path_b
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=2e-6, rtol=1e-4, err_msg=".".join(map(str, path)))
+
+
+def _grad_step(model: UNet2DConditionModel, run: bool = True):
+    """(the compiled gradient of the sdxl inputs' mean squared output, the gradient if `run`)."""
+    x, t, ctx, added = _inputs("sdxl")
+    graphdef, params = nnx.split(model)
+    loss = lambda p: jnp.mean(nnx.merge(graphdef, p)(jnp.asarray(x), t, ctx, added) ** 2)  # noqa: E731
+    compiled = jax.jit(jax.grad(loss)).lower(params).compile(compiler_options=FAST_COMPILE)
+    return compiled, compiled(params) if run else None
+
+
+def test_the_planner_counts_every_scanned_layer(tiny):
+    """XLA's cost analysis sees one block per scan; `costs.step_cost` adds the other iterations
+    (the same program unrolled is the reference, both under remat="full" on one device)."""
+    from jaxdistill.train.costs import step_cost
+
+    _, folder, _, _ = tiny("sdxl")
+    loop, scanned = (_grad_step(UNet2DConditionModel.from_pretrained(folder, remat="full", scan_layers=scan), False)[0]
+                     for scan in (False, True))
+    unrolled = loop.cost_analysis()["flops"]
+    assert scanned.cost_analysis()["flops"] < 0.9 * unrolled
+    assert abs(step_cost(scanned, 1).flops / unrolled - 1) < 0.03, (step_cost(scanned, 1).flops, unrolled)
+
+
 def test_bfloat16_compute_keeps_float32_params(tiny):
     _, folder, _, _ = tiny("sdxl")
     model = UNet2DConditionModel.from_pretrained(folder, dtype=jnp.bfloat16)

@@ -3,7 +3,7 @@
 Prints what a config resolves to without training or loading weights: every config value, the
 devices and mesh, parameter counts and state bytes, and the compiled train step's costs from
 XLA's own analyses (`jaxdistill.train.costs`): memory per device, FLOPs, bytes accessed and
-collective traffic per device.
+collective traffic per device, every iteration of the step's loops (scanned layers) counted.
 
 `--topology` plans a TPU run from any host, a CPU included: the step is compiled ahead of time
 for that slice's chips (`jaxdistill.train.topology`; needs the libtpu extra), its per-chip
@@ -86,6 +86,7 @@ def info(config, *, topology: str = "", num_prompts: int = 1024, print_fn=print)
         "step_bytes_accessed_per_device": step.bytes_accessed,
         "collective_bytes_per_device": step.collectives,
         "memory_per_device": {**step.memory, "peak": step.peak_bytes},
+        "loops_counted_once": step.unknown_trip_counts,
     }
     if chip is not None:
         times = step.times(chip)
@@ -107,6 +108,9 @@ def _print(report: dict, job, d, print_fn) -> None:
     print_fn(f"train step (one iteration: {d.spec.n_critic} critic update(s) + 1 generator update), per device: "
              f"{report['step_flops_per_device']:,.0f} FLOPs, {report['step_bytes_accessed_per_device']:,.0f} bytes "
              f"accessed; compiled in {report['compile_seconds']} s")
+    if report["loops_counted_once"]:
+        print_fn(f"note: {report['loops_counted_once']} loop(s) in the compiled step have no trip count jaxdistill "
+                 "could read; their bodies are counted once in FLOPs, bytes and collectives (an underestimate)")
     sent = [f"{k} {_gib(v)}" for k, v in report["collective_bytes_per_device"].items() if v]
     print_fn("collective bytes sent per device: " + (", ".join(sent) or "none"))
     print_fn("memory per device: " + ", ".join(f"{k} {_gib(v)}" for k, v in report["memory_per_device"].items()))

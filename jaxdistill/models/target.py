@@ -5,16 +5,20 @@ given mesh. That mesh may belong to a TPU topology planned from a CPU host
 (`jaxdistill info --topology`). `Distiller.compile` traces the train step under its own mesh.
 
 The kernels that ask are attention (`jaxdistill.models.attention`: cuDNN, splash) and
-convolution (`jaxdistill.models.conv`: tap-wise weight gradients on CPU).
+convolution (`jaxdistill.models.conv`: tap-wise weight gradients on CPU). Models also pin their
+activations to the mesh's batch axes (`shard_batch`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 
 import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
 
+BATCH_AXES = ("data", "fsdp")  # jaxdistill.train.sharding's mesh axes that split the batch
 _MESH = contextvars.ContextVar("compile_target_mesh", default=None)
 
 
@@ -38,3 +42,19 @@ def platform() -> str:
     """'cpu', 'gpu' or 'tpu': the platform of `mesh()`'s devices, else the default backend's."""
     m = mesh()
     return m.devices.flat[0].platform if m is not None else jax.default_backend()
+
+
+def shard_batch(x: jax.Array) -> jax.Array:
+    """`x` constrained to be split along its first (batch) axis over `mesh()`'s batch axes and
+    replicated along the others; unchanged outside `compiling_for`, on one device, or when the
+    batch does not divide. Without this, XLA's SPMD partitioner may keep a matmul's weights
+    sharded over fsdp and gather the activations instead: every device then computes the whole
+    batch's activations (on 8 CPU devices at mesh (1, 8, 1), 5× the temporaries and FLOPs of
+    data parallelism)."""
+    m = mesh()
+    if m is None:
+        return x
+    axes = tuple(a for a in BATCH_AXES if m.shape.get(a, 1) > 1)
+    if not axes or x.shape[0] % math.prod(m.shape[a] for a in axes):
+        return x
+    return jax.lax.with_sharding_constraint(x, NamedSharding(m, P(axes)))

@@ -44,6 +44,7 @@ from jaxdistill.models.layers import (
     dense,
     norm,
 )
+from jaxdistill.models.target import shard_batch
 from jaxdistill.models.weights import (
     WeightsError,
     load_params,
@@ -180,8 +181,27 @@ def _apply(remat: str, layer: nnx.Module, *args):
     """Call `layer(*args)`, under jax.checkpoint (nnx.remat) with the named policy unless 'none'."""
     wrap, policy = remat_policy(remat)
     if not wrap:
-        return layer(*args)
-    return nnx.remat(lambda m, *a: m(*a), policy=policy)(layer, *args)
+        return shard_batch(layer(*args))
+    return shard_batch(nnx.remat(lambda m, *a: m(*a), policy=policy)(layer, *args))
+
+
+def _scan(remat: str, blocks: list, x: jax.Array, *args) -> jax.Array:
+    """`x = block(x, *args)` for each of the identical `blocks` in turn, as one `lax.scan` over
+    their parameters stacked on a new leading axis: the compiled program holds one block instead
+    of len(blocks). The parameter tree (and so the state-dict keys) is unchanged; the stacked copy
+    lives for one UNet pass. Under remat the scan body is the checkpointed unit, as `_apply`'s
+    per-block checkpoint. Note that XLA's cost analysis counts a loop body once."""
+    graphdef, first = nnx.split(blocks[0])
+    states = [first] + [nnx.state(b) for b in blocks[1:]]
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+
+    def body(h, state):
+        return shard_batch(nnx.merge(graphdef, state)(h, *args)), None
+
+    wrap, policy = remat_policy(remat)
+    if wrap:
+        body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+    return jax.lax.scan(body, x, stacked)[0]
 
 
 def timestep_embedding(t: jax.Array, dim: int, *, flip_sin_to_cos: bool, freq_shift: float,
@@ -269,11 +289,12 @@ class Transformer2DModel(nnx.Module):
 
     def __init__(self, heads: int, dim_head: int, in_channels: int, *, num_layers: int, cross_attention_dim: int,
                  norm_num_groups: int, use_linear_projection: bool, impl: str = "xla", remat: str = "none",
-                 dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 scan_layers: bool = False, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         inner = heads * dim_head
         self.linear = use_linear_projection
         self.remat = remat
+        self.scan_layers = scan_layers and num_layers > 1
         self.norm = layers.group_norm(in_channels, norm_num_groups, 1e-6, param_dtype=param_dtype, rngs=rngs)
         if use_linear_projection:
             self.proj_in = dense(in_channels, inner, axes=("embed", "mlp"), **kw)
@@ -297,8 +318,11 @@ class Transformer2DModel(nnx.Module):
         else:
             x = self.proj_in(x)
             x = x.reshape(b, h * w, -1)
-        for block in self.transformer_blocks:
-            x = _apply(self.remat, block, x, context)
+        if self.scan_layers:
+            x = _scan(self.remat, list(self.transformer_blocks), x, context)
+        else:
+            for block in self.transformer_blocks:
+                x = _apply(self.remat, block, x, context)
         if self.linear:
             x = self.proj_out(x).reshape(b, h, w, -1)
         else:
@@ -316,7 +340,7 @@ class _Block(nnx.Module):
     def _transformer(self, channels, heads, n_layers, cross, cfg, kw):
         return Transformer2DModel(heads, channels // heads, channels, num_layers=n_layers, cross_attention_dim=cross,
                                   norm_num_groups=cfg["norm_num_groups"], use_linear_projection=cfg["use_linear_projection"],
-                                  impl=cfg["_impl"], remat=cfg["_remat"], **kw)
+                                  impl=cfg["_impl"], remat=cfg["_remat"], scan_layers=cfg["_scan"], **kw)
 
 
 class DownBlock(_Block):
@@ -394,14 +418,18 @@ class UNet2DConditionModel(nnx.Module):
     config: the diffusers `unet/config.json` dict. dtype: compute dtype (e.g. jnp.bfloat16;
     None computes in the parameters' dtype). attention_impl: "xla" | "cudnn" | "splash" for every
     attention. remat: "none" | "full" | "dots_saveable" — jax.checkpoint around every resnet and
-    transformer block, saving nothing or the batch-free matmuls.
+    transformer block, saving nothing or the batch-free matmuls. scan_layers: run each
+    transformer's stack of blocks (SDXL's 10 at its inner levels) as one `lax.scan`, so the
+    compiled program holds one block per stack: a smaller program and a faster compile, for the
+    price of a stacked copy of those blocks' parameters per pass. Parameters and outputs are the
+    same either way.
 
     `unet(sample [B, H, W, C], timestep [B] (or scalar), encoder_hidden_states [B, L, D],
     added_cond_kwargs={"text_embeds": [B, E], "time_ids": [B, 6]} for SDXL) -> [B, H, W, C_out]`.
     """
 
     def __init__(self, config: dict, *, dtype=None, param_dtype=jnp.float32, attention_impl: str = "xla",
-                 remat: str = "none", rngs: nnx.Rngs):
+                 remat: str = "none", scan_layers: bool = False, rngs: nnx.Rngs):
         if attention_impl not in IMPLS:
             raise ValueError(f"attention_impl {attention_impl!r} is unknown; expected one of {IMPLS}.")
         remat_policy(remat)
@@ -412,7 +440,7 @@ class UNet2DConditionModel(nnx.Module):
         n = len(boc)
         kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         time_dim = cfg["time_embedding_dim"] or boc[0] * 4
-        cfg.update(_temb=time_dim, _impl=attention_impl, _remat=remat)
+        cfg.update(_temb=time_dim, _impl=attention_impl, _remat=remat, _scan=bool(scan_layers))
         self.flip_sin_to_cos, self.freq_shift = bool(cfg["flip_sin_to_cos"]), float(cfg["freq_shift"])
         self.center_input_sample = bool(cfg["center_input_sample"])
         self.time_embed_act = cfg["time_embedding_act_fn"] is not None
@@ -494,7 +522,7 @@ class UNet2DConditionModel(nnx.Module):
         if self.time_embed_act:
             emb = jax.nn.silu(emb)
 
-        x = self.conv_in(x)
+        x, emb, context = (shard_batch(v) for v in (self.conv_in(x), emb, context))
         skips = [x]
         for block in self.down_blocks:
             x, outputs = block(x, emb, context)
@@ -518,8 +546,8 @@ class UNet2DConditionModel(nnx.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str, *, dtype=None, param_dtype=jnp.float32, mesh=None, rules=DEFAULT_RULES,
-                        attention_impl: str = "xla", remat: str = "none", variant: str | None = None,
-                        ) -> UNet2DConditionModel:
+                        attention_impl: str = "xla", remat: str = "none", scan_layers: bool = False,
+                        variant: str | None = None) -> UNet2DConditionModel:
         """Load a diffusers UNet folder (`config.json` + `diffusion_pytorch_model[.variant].safetensors`
         or its sharded index); `folder` may also be the model root holding `unet/`.
 
@@ -534,7 +562,7 @@ class UNet2DConditionModel(nnx.Module):
                                "UNet2DConditionModel; point at a diffusers model root or its unet/ folder.")
         source = open_weights(folder, variant=variant)
         abstract = cls.abstract(config, dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl,
-                                remat=remat)
+                                remat=remat, scan_layers=scan_layers)
         shardings = None
         if mesh is not None:
             check_divisible(nnx.to_pure_dict(nnx.state(abstract, nnx.Param)), param_specs(abstract, rules), mesh)

@@ -90,7 +90,8 @@ class StableDiffusion:
 
     @classmethod
     def abstract(cls, folder: str = "", *, architecture: str = "", dtype=None, param_dtype=jnp.float32,
-                 attention_impl: str = "xla", remat: str = "none") -> "StableDiffusion":
+                 attention_impl: str = "xla", remat: str = "none",
+                 scan_layers: bool = False) -> "StableDiffusion":
         """The teacher's shapes without its weights: an abstract UNet (`nnx.eval_shape`, nothing
         allocated or read) and the schedule, from a diffusers `folder`'s config files or a
         published `architecture` (a name in `jaxdistill.models.architectures`), exactly one of
@@ -119,14 +120,14 @@ class StableDiffusion:
             unet_config, factor, (tokens, _), _, prediction = published(architecture)
             schedule, zeros = stable_diffusion_schedule(prediction), architecture == "sdxl"
         unet = UNet2DConditionModel.abstract(unet_config, dtype=dtype, param_dtype=param_dtype,
-                                             attention_impl=attention_impl, remat=remat)
+                                             attention_impl=attention_impl, remat=remat, scan_layers=scan_layers)
         sd = cls(source, unet, None, [], [], schedule, zeros, vae_factor=factor)
         sd.text_tokens = tokens
         return sd
 
     @classmethod
     def random(cls, source: str | dict, *, seed: int = 0, dtype=None, param_dtype=jnp.float32, attention_impl: str = "xla",
-               remat: str = "none") -> "StableDiffusion":
+               remat: str = "none", scan_layers: bool = False) -> "StableDiffusion":
         """A randomly initialised UNet of a published architecture (`source` a name in
         `jaxdistill.models.architectures`, or a UNet config dict taken as SD1.5-like: ε schedule,
         8× VAE, 77 tokens) with its schedule, no text encoders or VAE: for speed
@@ -141,7 +142,7 @@ class StableDiffusion:
             unet_config, factor, (tokens, _), _, prediction = architecture(source)
             name = source
         unet = UNet2DConditionModel(unet_config, dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl,
-                                    remat=remat, rngs=nnx.Rngs(seed))
+                                    remat=remat, scan_layers=scan_layers, rngs=nnx.Rngs(seed))
         sd = cls(name, unet, None, [], [], stable_diffusion_schedule(prediction), name == "sdxl",
                  vae_factor=factor)
         sd.text_tokens = tokens
@@ -159,7 +160,8 @@ class StableDiffusion:
 
     @classmethod
     def from_pretrained(cls, folder: str, *, dtype=None, param_dtype=jnp.float32, attention_impl: str = "xla",
-                        remat: str = "none", variant: str | None = None) -> "StableDiffusion":
+                        remat: str = "none", scan_layers: bool = False, variant: str | None = None,
+                        ) -> "StableDiffusion":
         index = os.path.join(folder, "model_index.json")
         if not os.path.isfile(index):
             raise WeightsError(f"{folder} is not a diffusers model folder: {index} is missing. Point at the folder "
@@ -176,7 +178,8 @@ class StableDiffusion:
                                'set "vae": [null, null] for a pixel-space model.')
         schedule = VPSchedule.from_config(read_config(os.path.join(folder, "scheduler"), "scheduler_config.json"))
         unet = UNet2DConditionModel.from_pretrained(os.path.join(folder, "unet"), dtype=dtype, param_dtype=param_dtype,
-                                                    attention_impl=attention_impl, remat=remat, variant=variant)
+                                                    attention_impl=attention_impl, remat=remat,
+                                                    scan_layers=scan_layers, variant=variant)
         vae = None if pixel_space else AutoencoderKL.from_pretrained(os.path.join(folder, "vae"), dtype=dtype,
                                                                      param_dtype=param_dtype, variant=variant)
         parts = [("text_encoder", "tokenizer")]

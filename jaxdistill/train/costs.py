@@ -4,12 +4,17 @@ a chip's published rates imply (`jaxdistill info`).
 - memory: `Compiled.memory_analysis()` — arguments, outputs, temporaries, aliased (donated)
   bytes and generated code per device; the peak is arguments + outputs − aliased + temporaries
   + code.
-- FLOPs and bytes accessed: `Compiled.cost_analysis()` of the per-device program (XLA counts a
-  loop body once; the planner compiles the critic loop unrolled for that reason).
+- FLOPs and bytes accessed: `Compiled.cost_analysis()` of the per-device program, which counts
+  a loop body once, plus what the other iterations of each loop cost (`loop_costs`): the FLOPs
+  (dots, convolutions, elementwise ops, reductions, as XLA counts them) and the kernels'
+  operand and result bytes of every `while` body in the optimised HLO, times its trip count
+  less one. The critic updates (`lax.scan` over n_critic) and scanned UNet layers
+  (`model.scan_layers`) are such loops.
 - collectives: every all-reduce, all-gather, reduce-scatter, all-to-all and collective-permute
-  in the optimised per-device HLO, with the bytes one device sends in a ring over its replica
-  group of n devices: all-reduce 2·S·(n−1)/n, all-gather S·(n−1)/n (S its result),
-  reduce-scatter S·(n−1), all-to-all S·(n−1)/n, collective-permute S.
+  in the optimised per-device HLO, times the trip counts of the loops it sits in, with the bytes
+  one device sends in a ring over its replica group of n devices: all-reduce 2·S·(n−1)/n,
+  all-gather S·(n−1)/n (S its result), reduce-scatter S·(n−1), all-to-all S·(n−1)/n,
+  collective-permute S.
 - step time: compute FLOPs / peak, HBM bytes / bandwidth, ICI bytes / (half the chip's
   bidirectional ICI bandwidth: a ring sends one way on each link it uses). The estimate is
   max(compute, HBM) + ICI (collectives not overlapped: an upper bound for a well-overlapped
@@ -19,6 +24,7 @@ a chip's published rates imply (`jaxdistill info`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2,
@@ -58,23 +64,242 @@ def _group_size(line: str, num_devices: int) -> int:
     return 2 if pairs else num_devices
 
 
+def _collective(line: str, num_devices: int) -> tuple[str, float] | None:
+    """(kind, bytes one device sends) of an HLO line that starts a collective, else None."""
+    m = _OP.search(line)
+    if not m or "-done" in line.split("=")[0]:
+        return None
+    sizes = _array_bytes(m.group("type"))
+    if not sizes:
+        return None
+    # An async all-gather / collective-permute start returns (operand, result, ...): count the result.
+    size = max(sizes) if m.group("start") and m.group("op") in ("all-gather", "collective-permute") else sum(sizes)
+    n = max(_group_size(line, num_devices), 1)
+    factor = {"all-reduce": 2 * (n - 1) / n, "all-gather": (n - 1) / n, "reduce-scatter": n - 1,
+              "all-to-all": (n - 1) / n, "collective-permute": 1.0}[m.group("op")]
+    return m.group("op"), size * factor
+
+
 def collective_bytes(hlo_text: str, num_devices: int) -> dict[str, float]:
-    """{kind: bytes one device sends} over the optimised HLO of a per-device program."""
+    """{kind: bytes one device sends} over the lines of an HLO text, each counted once."""
     sent = {k: 0.0 for k in COLLECTIVES}
     for line in hlo_text.splitlines():
-        m = _OP.search(line)
-        if not m or "-done" in line.split("=")[0]:
-            continue
-        sizes = _array_bytes(m.group("type"))
-        if not sizes:
-            continue
-        # An async all-gather / collective-permute start returns (operand, result, ...): count the result.
-        size = max(sizes) if m.group("start") and m.group("op") in ("all-gather", "collective-permute") else sum(sizes)
-        n = max(_group_size(line, num_devices), 1)
-        factor = {"all-reduce": 2 * (n - 1) / n, "all-gather": (n - 1) / n, "reduce-scatter": n - 1,
-                  "all-to-all": (n - 1) / n, "collective-permute": 1.0}[m.group("op")]
-        sent[m.group("op")] += size * factor
+        found = _collective(line, num_devices)
+        if found:
+            sent[found[0]] += found[1]
     return sent
+
+
+# ------------------------------------------------------------------ loops in the optimised HLO
+
+_HEADER = re.compile(r"^(ENTRY )?%([\w.\-]+) \((.*)\) -> .*\{\s*$")
+_INSTR = re.compile(r"^\s*(ROOT )?%([\w.\-]+) = (.+?) ([a-z][\w\-]*)\((.*)$")
+_PARAM = re.compile(r"([\w.\-]+): ([a-z]+\d*[a-z0-9]*\[[\d,]*\])")
+_DIMS = re.compile(r"\[([\d,]*)\]")
+# Instructions that move no data of their own (views, tuples, control flow, parameters).
+_NO_TRAFFIC = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "call", "conditional",
+               "after-all", "partition-id", "replica-id", "opt-barrier", "copy-start", "copy-done"}
+
+
+@dataclasses.dataclass
+class _Instr:
+    name: str
+    type: str
+    op: str
+    operands: list
+    attrs: str
+    text: str  # what is between the op's parentheses
+    line: str
+    root: bool
+
+
+def _split_operands(rest: str) -> tuple[str, str]:
+    depth = 1
+    for i, ch in enumerate(rest):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth == 0:
+            return rest[:i], rest[i + 1:]
+    return rest, ""
+
+
+def _parse(hlo_text: str) -> tuple[dict, str]:
+    """({computation: (instructions, {value name: type})}, the entry computation's name)."""
+    comps, entry, current = {}, "", None
+    for line in hlo_text.splitlines():
+        header = _HEADER.match(line)
+        if header:
+            current = ([], dict((k, v) for k, v in _PARAM.findall(header.group(3))))
+            comps[header.group(2)] = current
+            entry = header.group(2) if header.group(1) else entry
+            continue
+        m = _INSTR.match(line) if current is not None else None
+        if m:
+            operands, attrs = _split_operands(m.group(5))
+            current[0].append(_Instr(m.group(2), m.group(3), m.group(4), re.findall(r"%([\w.\-]+)", operands), attrs,
+                                     operands, line, bool(m.group(1))))
+            current[1][m.group(2)] = m.group(3)
+    return comps, entry
+
+
+def _shape(type_text: str) -> list[int]:
+    m = _DIMS.search(type_text)
+    return [int(d) for d in m.group(1).split(",") if d] if m else []
+
+
+# Elementwise ops XLA's cost analysis counts as one FLOP per result element (transcendentals,
+# such as exp and tanh, are a separate count there and here count nothing).
+_ELEMENTWISE = {"add", "subtract", "multiply", "divide", "maximum", "minimum", "negate", "abs", "compare", "select",
+                "clamp", "sign", "floor", "ceil", "round-nearest-even", "round-nearest-afz", "remainder", "power",
+                "and", "or", "xor", "not"}
+
+
+def _flops(ins: _Instr, types: dict) -> float:
+    """FLOPs of one instruction as XLA's cost analysis counts them: 2 per multiply-add of a dot
+    or convolution, 1 per result element of an elementwise op, 1 per reduced element."""
+    if ins.op in _ELEMENTWISE:
+        return float(math.prod(_shape(ins.type)))
+    if ins.op == "reduce" and ins.operands:
+        return float(math.prod(_shape(types.get(ins.operands[0], ""))))
+    if ins.op not in ("dot", "convolution") or len(ins.operands) < 2:
+        return 0.0
+    out = math.prod(_shape(ins.type))
+    if ins.op == "dot":
+        lhs = _shape(types.get(ins.operands[0], ""))
+        dims = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", ins.attrs)
+        contracted = [lhs[int(d)] for d in dims.group(1).split(",") if d] if dims and lhs else []
+        return 2.0 * out * math.prod(contracted)
+    kernel = _shape(types.get(ins.operands[1], ""))
+    labels = re.search(r"dim_labels=\w+_(\w+)->", ins.attrs)
+    if not kernel or not labels or "o" not in labels.group(1):
+        return 0.0
+    return 2.0 * out * math.prod(kernel) / kernel[labels.group(1).index("o")]
+
+
+def _fusion_traffic(ins: _Instr, comps: dict, types: dict) -> float:
+    """Bytes a fusion reads and writes, as XLA counts them: an operand it only dynamic-slices
+    costs the slices, a buffer it dynamic-update-slices in place costs the update (a scan's
+    stacked inputs and outputs), anything else its whole size."""
+    callee = re.search(r"calls=%([\w.\-]+)", ins.attrs)
+    inner, inner_types = comps.get(callee.group(1), ([], {})) if callee else ([], {})
+    if not inner:
+        return _bytes(ins.type) + sum(_bytes(types.get(o, "")) for o in ins.operands)
+    by_name = {i.name: i for i in inner}
+    users = {}
+    for i in inner:
+        for o in i.operands:
+            users.setdefault(o, []).append(i)
+
+    def uses(name: str) -> list:
+        """(user, the name it uses: `name` or a bitcast of it)."""
+        out = []
+        for u in users.get(name, []):
+            out += uses(u.name) if u.op == "bitcast" else [(u, name)]
+        return out
+
+    def read(param: _Instr) -> float:
+        found = uses(param.name)
+        if found and all(u.op in ("dynamic-slice", "dynamic-update-slice") and u.operands[0] == via for u, via in found):
+            return sum(_bytes(u.type) if u.op == "dynamic-slice" else _bytes(inner_types.get(u.operands[1], ""))
+                       for u, _ in found)
+        return _bytes(param.type)
+
+    def written(i: _Instr) -> float:
+        while i.op == "bitcast" and i.operands and i.operands[0] in by_name:
+            i = by_name[i.operands[0]]
+        if i.op == "dynamic-update-slice":
+            return _bytes(inner_types.get(i.operands[1], ""))
+        if i.op == "tuple":
+            return sum(written(by_name[o]) if o in by_name else 0.0 for o in i.operands)
+        return _bytes(i.type)
+
+    roots = [i for i in inner if i.root]
+    return (sum(read(i) for i in inner if i.op == "parameter")
+            + (written(roots[0]) if roots else _bytes(ins.type)))
+
+
+def _trip_count(ins: _Instr, comps: dict) -> int | None:
+    """A while loop's trip count: XLA's `known_trip_count`, else the one integer constant its
+    condition compares the counter with (JAX's scans and fori_loops count from 0 by 1)."""
+    known = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', ins.attrs)
+    if known:
+        return int(known.group(1))
+    cond = re.search(r"condition=%([\w.\-]+)", ins.attrs)
+    consts, todo = set(), [cond.group(1)] if cond else []
+    while todo:
+        for c in comps.get(todo.pop(), ([], {}))[0]:
+            if c.op == "constant" and re.fullmatch(r"[su]\d+\[\]\S*", c.type):
+                consts.add(int(c.text))
+            todo += re.findall(r"calls=%([\w.\-]+)", c.attrs)
+    return consts.pop() if len(consts) == 1 else None
+
+
+@dataclasses.dataclass
+class LoopCosts:
+    """What XLA's cost analysis leaves out of a program with loops, which it counts once."""
+    flops: float  # matmul and convolution FLOPs of every loop iteration after the first
+    bytes_accessed: float  # operand + result bytes of those iterations' kernels
+    collectives: dict  # bytes sent per device, by kind, every iteration counted
+    unknown_trip_counts: int  # loops whose trip count could not be read, counted once
+
+
+def _bytes(type_text: str) -> int:
+    return sum(_array_bytes(type_text))
+
+
+def loop_costs(hlo_text: str, num_devices: int) -> LoopCosts:
+    """`LoopCosts` of an optimised per-device HLO text: each computation's dots, convolutions,
+    kernels and collectives, summed over the call graph (fusions, calls, async wrappers and
+    while bodies), once with every loop run once and once with its trip count."""
+    comps, entry = _parse(hlo_text)
+    unknown = set()
+    memo = {}
+
+    def total(name: str, trips: bool, kernels: bool) -> tuple[float, float, dict]:
+        key = (name, trips, kernels)
+        if key in memo:
+            return memo[key]
+        memo[key] = (0.0, 0.0, {})  # a cycle (none in valid HLO) adds nothing
+        instrs, types = comps.get(name, ([], {}))
+        flops, traffic, sent = 0.0, 0.0, {k: 0.0 for k in COLLECTIVES}
+
+        def add(callee: str, times: float, callee_kernels: bool) -> None:
+            nonlocal flops, traffic
+            f, b, c = total(callee, trips, callee_kernels)
+            flops, traffic = flops + times * f, traffic + times * b
+            for k, v in c.items():
+                sent[k] += times * v
+
+        for ins in instrs:
+            flops += _flops(ins, types)
+            found = _collective(ins.line, num_devices)
+            if found:
+                sent[found[0]] += found[1]
+            if kernels and ins.op == "fusion":
+                traffic += _fusion_traffic(ins, comps, types)
+            elif kernels and ins.op not in _NO_TRAFFIC and not ins.op.endswith("-done"):
+                traffic += _bytes(ins.type) + sum(_bytes(types.get(o, "")) for o in ins.operands)
+            if ins.op == "while":
+                body = re.search(r"body=%([\w.\-]+)", ins.attrs)
+                n = _trip_count(ins, comps)
+                if n is None:
+                    unknown.add(ins.name)
+                if body:
+                    add(body.group(1), n if trips and n is not None else 1, kernels)
+            elif ins.op in ("call", "conditional"):
+                for callee in re.findall(r"(?:to_apply|true_computation|false_computation)=%([\w.\-]+)", ins.attrs):
+                    add(callee, 1, kernels)
+                branches = re.search(r"branch_computations=\{([^}]*)\}", ins.attrs)
+                for callee in re.findall(r"%([\w.\-]+)", branches.group(1) if branches else ""):
+                    add(callee, 1, kernels)
+            else:  # fusions and async wrappers: their insides are one kernel, counted above
+                for callee in re.findall(r"calls=%([\w.\-]+)", ins.attrs):
+                    add(callee, 1, False)
+        memo[key] = (flops, traffic, sent)
+        return memo[key]
+
+    once, full = total(entry, False, True), total(entry, True, True)
+    return LoopCosts(flops=full[0] - once[0], bytes_accessed=full[1] - once[1], collectives=full[2],
+                     unknown_trip_counts=len(unknown))
 
 
 @dataclasses.dataclass
@@ -83,6 +308,7 @@ class StepCost:
     bytes_accessed: float
     memory: dict  # per device: argument, output, temp, alias, generated_code
     collectives: dict  # bytes sent per device, by kind
+    unknown_trip_counts: int = 0  # loops counted once because their trip count was not read
 
     @property
     def peak_bytes(self) -> int:
@@ -104,8 +330,10 @@ def step_cost(compiled, num_devices: int) -> StepCost:
     mem = compiled.memory_analysis()
     memory = {name: int(getattr(mem, f"{name}_size_in_bytes"))
               for name in ("argument", "output", "temp", "alias", "generated_code")}
-    return StepCost(flops=float(cost.get("flops", 0.0)), bytes_accessed=float(cost.get("bytes accessed", 0.0)),
-                    memory=memory, collectives=collective_bytes(compiled.as_text(), num_devices))
+    loops = loop_costs(compiled.as_text(), num_devices)
+    return StepCost(flops=float(cost.get("flops", 0.0)) + loops.flops,
+                    bytes_accessed=float(cost.get("bytes accessed", 0.0)) + loops.bytes_accessed,
+                    memory=memory, collectives=loops.collectives, unknown_trip_counts=loops.unknown_trip_counts)
 
 
 def hbm_shortfall(error: Exception) -> tuple[int, int] | None:

@@ -27,7 +27,7 @@ class Distiller:
     `abstract=True` keeps only the state's shapes, dtypes and shardings (nothing is allocated;
     the modules may be abstract, from `nnx.eval_shape`): enough to compile the step for any
     devices, including a TPU topology without its hardware (`jaxdistill info --topology`), but
-    not to run it. `unroll_critic` as in `make_train_step`."""
+    not to run it."""
 
     def __init__(
         self,
@@ -45,7 +45,6 @@ class Distiller:
         critic_tx=None,
         on_teacher: bool = False,
         abstract: bool = False,
-        unroll_critic: bool = False,
         teacher_specs: Any = None,
     ):
         self.spec, self.problem, self.batch_size = spec, problem, batch_size
@@ -80,7 +79,7 @@ class Distiller:
         batch = shd.batch_sharding(self.mesh)
         constrain = lambda x: jax.lax.with_sharding_constraint(x, batch)  # noqa: E731
         step = make_train_step(spec, problem, self.nets, self.gen_tx, self.critic_tx, batch_size,
-                               constrain=constrain, unroll_critic=unroll_critic)
+                               constrain=constrain)
         self.objectives = make_objectives(spec, problem, self.nets, batch_size, constrain)  # the step's losses
         self.trace_count = 0
 

@@ -249,8 +249,7 @@ def build_run(config: ml_collections.ConfigDict, *, devices=None, abstract: bool
     """The teacher, mesh and `Distiller` (fresh state) a config describes, on `devices` (default:
     all of the run's devices). `abstract=True` builds shapes only, to compile the step and read
     its costs (`jaxdistill info`): SD teachers from their config files or
-    `teacher.architecture`, with a prompt bank of the prompt file's length (else `num_prompts`),
-    and the critic loop unrolled so that XLA's cost analysis counts every critic update."""
+    `teacher.architecture`, with a prompt bank of the prompt file's length (else `num_prompts`)."""
     teacher = build_teacher(config.teacher, abstract)
     mesh = _mesh(config, devices)
     t = config.train
@@ -275,7 +274,7 @@ def _build_sd_run(config: ml_collections.ConfigDict, mesh, abstract: bool = Fals
     _require_init_from_teacher(config)  # before loading: an SD teacher can take minutes to load
     tc, m = config.teacher, config.model
     kw = dict(dtype=jnp.dtype(m.compute_dtype), param_dtype=jnp.dtype(m.param_dtype), attention_impl=m.attention,
-              remat=m.remat)
+              remat=m.remat, scan_layers=m.scan_layers)
     architecture = "" if tc.path else tc.get("architecture", "")
     try:
         if abstract:  # shapes only: config files or a published architecture, no weights, no text encoding
@@ -294,11 +293,10 @@ def _build_sd_run(config: ml_collections.ConfigDict, mesh, abstract: bool = Fals
 
 
 def sd_run(config: ml_collections.ConfigDict, mesh, sd, prompts: list, bank: dict, *, abstract: bool = False,
-           unroll_critic: bool = False) -> SDRun:
+           ) -> SDRun:
     """The run of `config` on a teacher already in hand: `sd` a `StableDiffusion` (loaded,
     abstract, or `StableDiffusion.random` for benchmarks) and `bank` its prompt bank for
-    `prompts` (rows over the mesh's batch axes, as `sharded_prompt_bank` places them).
-    `unroll_critic` as in `make_train_step` (always for an abstract run, which is for planning)."""
+    `prompts` (rows over the mesh's batch axes, as `sharded_prompt_bank` places them)."""
     from flax import nnx
 
     from jaxdistill.models import DiscriminatorHead
@@ -326,7 +324,7 @@ def sd_run(config: ml_collections.ConfigDict, mesh, sd, prompts: list, bank: dic
         head = abstract_module(build_head) if abstract else build_head(nnx.Rngs(config.train.seed + 2))
     d = Distiller(spec, sd_problem(sd, unet_def, tc.resolution, len(prompts)), copy_of_teacher(), copy_of_teacher(),
                   head, batch_size=config.train.batch_size, mesh=mesh, seed=config.train.seed, abstract=abstract,
-                  unroll_critic=abstract or unroll_critic, teacher_specs=_teacher_specs(sd.unet, teacher, mesh))
+                  teacher_specs=_teacher_specs(sd.unet, teacher, mesh))
     judge = None
     if tc.get("judge") and not abstract:
         from jaxdistill.world import judge as judge_lib

@@ -214,12 +214,8 @@ def make_train_step(
     critic_tx: optax.GradientTransformation,
     batch_size: int,
     constrain: Callable = lambda x: x,
-    unroll_critic: bool = False,
 ):
     """`step(state, teacher_params) -> (state, metrics)`, pure and jit-able.
-
-    `unroll_critic` unrolls the `n_critic` scan: XLA's cost analysis counts a loop body once, so
-    the planner (`jaxdistill info`) compiles the unrolled step to count every critic update.
 
     `constrain` is applied to every batch-shaped array created inside the step (the trainer
     passes a sharding constraint over ('data', 'fsdp')).
@@ -250,8 +246,7 @@ def make_train_step(
 
     def critic_phase(gen_params, critic_params, critic_opt, teacher_params, keys, k):
         (critic_params, critic_opt), ms = jax.lax.scan(
-            functools.partial(fresh_critic_update, gen_params, teacher_params, k), (critic_params, critic_opt), keys,
-            unroll=unroll_critic)
+            functools.partial(fresh_critic_update, gen_params, teacher_params, k), (critic_params, critic_opt), keys)
         return critic_params, critic_opt, jax.tree.map(jnp.mean, ms)
 
     def step(state: TrainState, teacher_params) -> tuple[TrainState, dict]:

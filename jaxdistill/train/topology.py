@@ -99,8 +99,10 @@ def devices(topology: Topology) -> list:
 
         description = topologies.get_topology_desc(platform="tpu", topology_name=topology.name)
     except Exception as e:  # no libtpu: a RuntimeError or an import error, depending on the JAX version
-        raise RuntimeError(
-            f"cannot describe TPU topology {topology.name} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
-            "Planning a TPU run needs the libtpu package matching your JAX: "
-            "pip install \"jax[tpu]==$(python -c 'import jax; print(jax.__version__)')\"") from e
+        why = str(e).splitlines()[0][:200]
+        fix = ("libtpu serves one process at a time and another process on this host holds it (its lockfile): "
+               "wait for it, or set ALLOW_MULTIPLE_LIBTPU_LOAD=1 to plan beside it (compiling only)" if "lockfile" in why else
+               "Planning a TPU run needs the libtpu package matching your JAX: "
+               "pip install \"jax[tpu]==$(python -c 'import jax; print(jax.__version__)')\"")
+        raise RuntimeError(f"cannot describe TPU topology {topology.name} ({type(e).__name__}: {why}). {fix}") from e
     return list(description.devices)
