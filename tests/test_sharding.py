@@ -239,6 +239,13 @@ def test_sharded_equals_single_device(method):
 # 4. Bad input
 # ---------------------------------------------------------------------------------------------
 
+def test_models_split_the_batch_over_the_trainers_batch_axes():
+    from jaxdistill.models import target
+    from jaxdistill.train import sharding
+
+    assert target.BATCH_AXES == sharding.BATCH_AXES  # two definitions: target.py imports nothing of jaxdistill
+
+
 def test_batch_not_divisible_by_data_times_fsdp():
     with pytest.raises(ValueError, match=r"batch_size=12.*data×fsdp = 8"):
         _distiller("sid", make_mesh(MESH), batch_size=12)

@@ -32,7 +32,7 @@ from flax import nnx
 from jaxdistill.models import layers, target
 
 IMPLS = ("xla", "cudnn", "splash")
-BATCH_AXES, HEAD_AXIS = ("data", "fsdp"), "tensor"  # jaxdistill.train.sharding's mesh axes
+HEAD_AXIS = "tensor"  # jaxdistill.train.sharding's mesh axis for heads
 
 
 @functools.lru_cache(maxsize=None)
@@ -98,7 +98,7 @@ def _splash(q, k, v, causal: bool, mesh=None, interpret: bool = False):
     local = functools.partial(_splash_local, causal=causal, interpret=interpret)
     if mesh is None or mesh.devices.size == 1:
         return local(q, k, v)
-    batch_axes = tuple(a for a in BATCH_AXES if a in mesh.shape)
+    batch_axes = tuple(a for a in target.BATCH_AXES if a in mesh.shape)
     batch = batch_axes if q.shape[0] % math.prod(mesh.shape[a] for a in batch_axes) == 0 else None
     heads = HEAD_AXIS if HEAD_AXIS in mesh.shape and q.shape[2] % mesh.shape[HEAD_AXIS] == 0 else None
     spec = jax.sharding.PartitionSpec(batch, None, heads, None)

@@ -190,7 +190,8 @@ def _scan(remat: str, blocks: list, x: jax.Array, *args) -> jax.Array:
     their parameters stacked on a new leading axis: the compiled program holds one block instead
     of len(blocks). The parameter tree (and so the state-dict keys) is unchanged; the stacked copy
     lives for one UNet pass. Under remat the scan body is the checkpointed unit, as `_apply`'s
-    per-block checkpoint. Note that XLA's cost analysis counts a loop body once."""
+    per-block checkpoint. (XLA's cost analysis counts a loop body once; `jaxdistill.train.costs`
+    adds the other iterations.)"""
     graphdef, first = nnx.split(blocks[0])
     states = [first] + [nnx.state(b) for b in blocks[1:]]
     stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
@@ -419,10 +420,11 @@ class UNet2DConditionModel(nnx.Module):
     None computes in the parameters' dtype). attention_impl: "xla" | "cudnn" | "splash" for every
     attention. remat: "none" | "full" | "dots_saveable" — jax.checkpoint around every resnet and
     transformer block, saving nothing or the batch-free matmuls. scan_layers: run each
-    transformer's stack of blocks (SDXL's 10 at its inner levels) as one `lax.scan`, so the
+    transformer's stack of blocks (SDXL's 2 and 10 at its inner levels) as one `lax.scan`, so the
     compiled program holds one block per stack: a smaller program and a faster compile, for the
     price of a stacked copy of those blocks' parameters per pass. Parameters and outputs are the
-    same either way.
+    same either way. Traced under `target.compiling_for(mesh)`, the inputs and every block's
+    output are pinned to the mesh's batch axes (`target.shard_batch`).
 
     `unet(sample [B, H, W, C], timestep [B] (or scalar), encoder_hidden_states [B, L, D],
     added_cond_kwargs={"text_embeds": [B, E], "time_ids": [B, 6]} for SDXL) -> [B, H, W, C_out]`.

@@ -66,6 +66,8 @@ def _group_size(line: str, num_devices: int) -> int:
 
 def _collective(line: str, num_devices: int) -> tuple[str, float] | None:
     """(kind, bytes one device sends) of an HLO line that starts a collective, else None."""
+    if not any(kind in line for kind in COLLECTIVES):  # the regex alone is slow on long lines
+        return None
     m = _OP.search(line)
     if not m or "-done" in line.split("=")[0]:
         return None
@@ -168,11 +170,40 @@ def _flops(ins: _Instr, types: dict) -> float:
         dims = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", ins.attrs)
         contracted = [lhs[int(d)] for d in dims.group(1).split(",") if d] if dims and lhs else []
         return 2.0 * out * math.prod(contracted)
-    kernel = _shape(types.get(ins.operands[1], ""))
-    labels = re.search(r"dim_labels=\w+_(\w+)->", ins.attrs)
-    if not kernel or not labels or "o" not in labels.group(1):
+    return _conv_flops(ins, types)
+
+
+def _window(attrs: str, key: str, rank: int, default: int) -> list[int]:
+    m = re.search(rf"\b{key}=([\dx_-]+)", attrs)
+    return [int(v) for v in m.group(1).split("x")] if m else [default] * rank
+
+
+def _conv_flops(ins: _Instr, types: dict) -> float:
+    """A convolution's FLOPs as XLA's cost analysis counts them: 2 × batch × output features ×
+    input features per group × the (output, kernel) position pairs of each spatial dimension that
+    land on a real input element, not on padding or a dilation hole. (TPU HLO writes a batched
+    matmul as a convolution whose batch dimensions are dilated spatial ones: each output position
+    then meets one kernel position, and a product of window sizes would overcount.)"""
+    labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", ins.attrs)
+    lhs, kernel, out = (_shape(types.get(ins.operands[0], "")), _shape(types.get(ins.operands[1], "")),
+                        _shape(ins.type))
+    if not labels or not lhs or not kernel or not out:
         return 0.0
-    return 2.0 * out * math.prod(kernel) / kernel[labels.group(1).index("o")]
+    lhs_l, kernel_l, out_l = labels.groups()
+    spatial = sorted(c for c in out_l if c.isdigit())
+    window = re.search(r"window=\{([^}]*)\}", ins.attrs)
+    attrs, rank = (window.group(1) if window else ""), len(spatial)
+    size, stride = _window(attrs, "size", rank, 1), _window(attrs, "stride", rank, 1)
+    lhs_dilate, rhs_dilate = _window(attrs, "lhs_dilate", rank, 1), _window(attrs, "rhs_dilate", rank, 1)
+    pads = re.search(r"\bpad=([\dx_-]+)", attrs)
+    low = [int(p.split("_")[0]) for p in pads.group(1).split("x")] if pads else [0] * rank
+    pairs = 1
+    for d, c in enumerate(spatial):
+        n_in, n_out = lhs[lhs_l.index(c)], out[out_l.index(c)]
+        span = (n_in - 1) * lhs_dilate[d]
+        pairs *= sum(1 for o in range(n_out) for k in range(size[d])
+                     if 0 <= (p := o * stride[d] + k * rhs_dilate[d] - low[d]) <= span and p % lhs_dilate[d] == 0)
+    return 2.0 * out[out_l.index("b")] * out[out_l.index("f")] * kernel[kernel_l.index("i")] * pairs
 
 
 def _fusion_traffic(ins: _Instr, comps: dict, types: dict) -> float:
@@ -252,49 +283,48 @@ def loop_costs(hlo_text: str, num_devices: int) -> LoopCosts:
     while bodies), once with every loop run once and once with its trip count."""
     comps, entry = _parse(hlo_text)
     unknown = set()
-    memo = {}
-
-    def total(name: str, trips: bool, kernels: bool) -> tuple[float, float, dict]:
-        key = (name, trips, kernels)
-        if key in memo:
-            return memo[key]
-        memo[key] = (0.0, 0.0, {})  # a cycle (none in valid HLO) adds nothing
-        instrs, types = comps.get(name, ([], {}))
-        flops, traffic, sent = 0.0, 0.0, {k: 0.0 for k in COLLECTIVES}
-
-        def add(callee: str, times: float, callee_kernels: bool) -> None:
-            nonlocal flops, traffic
-            f, b, c = total(callee, trips, callee_kernels)
-            flops, traffic = flops + times * f, traffic + times * b
-            for k, v in c.items():
-                sent[k] += times * v
-
+    own = {}  # computation: (FLOPs, kernel bytes, collective bytes by kind, [(callee, kind, trip count)])
+    for name, (instrs, types) in comps.items():
+        flops, traffic, sent, calls = 0.0, 0.0, dict.fromkeys(COLLECTIVES, 0.0), []
         for ins in instrs:
             flops += _flops(ins, types)
-            found = _collective(ins.line, num_devices)
+            found = _collective(ins.line, num_devices) if ins.op.startswith(COLLECTIVES) else None
             if found:
                 sent[found[0]] += found[1]
-            if kernels and ins.op == "fusion":
+            if ins.op == "fusion":
                 traffic += _fusion_traffic(ins, comps, types)
-            elif kernels and ins.op not in _NO_TRAFFIC and not ins.op.endswith("-done"):
+            elif ins.op not in _NO_TRAFFIC and not ins.op.endswith("-done"):
                 traffic += _bytes(ins.type) + sum(_bytes(types.get(o, "")) for o in ins.operands)
             if ins.op == "while":
                 body = re.search(r"body=%([\w.\-]+)", ins.attrs)
                 n = _trip_count(ins, comps)
                 if n is None:
                     unknown.add(ins.name)
-                if body:
-                    add(body.group(1), n if trips and n is not None else 1, kernels)
+                calls += [(body.group(1), "loop", n or 1)] if body else []
             elif ins.op in ("call", "conditional"):
-                for callee in re.findall(r"(?:to_apply|true_computation|false_computation)=%([\w.\-]+)", ins.attrs):
-                    add(callee, 1, kernels)
+                callees = re.findall(r"(?:to_apply|true_computation|false_computation)=%([\w.\-]+)", ins.attrs)
                 branches = re.search(r"branch_computations=\{([^}]*)\}", ins.attrs)
-                for callee in re.findall(r"%([\w.\-]+)", branches.group(1) if branches else ""):
-                    add(callee, 1, kernels)
+                callees += re.findall(r"%([\w.\-]+)", branches.group(1) if branches else "")
+                calls += [(c, "call", 1) for c in callees]
             else:  # fusions and async wrappers: their insides are one kernel, counted above
-                for callee in re.findall(r"calls=%([\w.\-]+)", ins.attrs):
-                    add(callee, 1, False)
-        memo[key] = (flops, traffic, sent)
+                calls += [(c, "kernel", 1) for c in re.findall(r"calls=%([\w.\-]+)", ins.attrs)]
+        own[name] = (flops, traffic, sent, calls)
+
+    memo = {}
+
+    def total(name: str, trips: bool, kernels: bool) -> tuple[float, float, dict]:
+        key = (name, trips, kernels)
+        if key not in memo:
+            memo[key] = (0.0, 0.0, {})  # a cycle (none in valid HLO) adds nothing
+            flops, traffic, sent, calls = own.get(name, (0.0, 0.0, {}, []))
+            traffic, sent = traffic if kernels else 0.0, dict(sent)
+            for callee, kind, n in calls:
+                times = n if trips and kind == "loop" else 1
+                f, b, c = total(callee, trips, kernels and kind != "kernel")
+                flops, traffic = flops + times * f, traffic + times * b
+                for k, v in c.items():
+                    sent[k] += times * v
+            memo[key] = (flops, traffic, sent)
         return memo[key]
 
     once, full = total(entry, False, True), total(entry, True, True)

@@ -17,7 +17,7 @@ from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
+BATCH_AXES = ("data", "fsdp")  # also jaxdistill.models.target.BATCH_AXES (tests check they agree)
 DEFAULT_RULES = (
     ("batch", BATCH_AXES),
     ("embed", "fsdp"),
