@@ -246,6 +246,23 @@ def test_models_split_the_batch_over_the_trainers_batch_axes():
     assert target.BATCH_AXES == sharding.BATCH_AXES  # two definitions: target.py imports nothing of jaxdistill
 
 
+def test_samplers_trace_for_their_mesh():
+    """`target.jit_for` (the Distiller's and SD run's samplers) traces under `compiling_for`: the
+    UNet's batch constraints and kernels see the run's mesh, as in the train step."""
+    from jaxdistill.models import target
+
+    mesh, seen = make_mesh(MESH), []
+
+    def double(x):
+        seen.append(target.mesh())
+        return target.shard_batch(x) * 2
+
+    out = target.jit_for(mesh, double)(np.ones((8, 3), np.float32))
+    assert seen == [mesh] and target.mesh() is None
+    np.testing.assert_array_equal(np.asarray(out), 2 * np.ones((8, 3)))
+    assert out.sharding.spec == P(("data", "fsdp"))  # the constraint, as the step's activations get
+
+
 def test_batch_not_divisible_by_data_times_fsdp():
     with pytest.raises(ValueError, match=r"batch_size=12.*data×fsdp = 8"):
         _distiller("sid", make_mesh(MESH), batch_size=12)

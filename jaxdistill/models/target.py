@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import math
 
 import jax
@@ -31,6 +32,20 @@ def compiling_for(mesh: jax.sharding.Mesh):
         yield
     finally:
         _MESH.reset(token)
+
+
+def jit_for(mesh: jax.sharding.Mesh, fn, **jit_kwargs):
+    """`jax.jit(fn, **jit_kwargs)` traced under `compiling_for(mesh)`: for programs that run on
+    `mesh` outside the train step (samplers), so that they get the step's kernels and batch
+    constraints."""
+    jitted = jax.jit(fn, **jit_kwargs)
+
+    @functools.wraps(fn)
+    def call(*args):
+        with compiling_for(mesh):
+            return jitted(*args)
+
+    return call
 
 
 def mesh() -> jax.sharding.Mesh | None:

@@ -13,7 +13,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxdistill.generator import generate
 from jaxdistill.methods import MethodSpec
-from jaxdistill.models.target import compiling_for
+from jaxdistill.models.target import compiling_for, jit_for
 from jaxdistill.train import sharding as shd
 from jaxdistill.train.checkpoint import Checkpointer, abstract_like
 from jaxdistill.train.state import TrainState, init_state, make_optimizer
@@ -173,7 +173,7 @@ class Distiller:
 
             fn = jax.vmap(run_one, in_axes=(None, None, 0, 0)) if per_seed else run
             # Replicated output: readable on the host in every process of a multi-process run.
-            self._samplers[(num_steps, per_seed)] = jax.jit(fn, out_shardings=NamedSharding(self.mesh, P()))
+            self._samplers[(num_steps, per_seed)] = jit_for(self.mesh, fn, out_shardings=NamedSharding(self.mesh, P()))
         return self._samplers[(num_steps, per_seed)]
 
 

@@ -43,6 +43,7 @@ import numpy as np
 from jaxdistill.eval.mixture_metrics import evaluate
 from jaxdistill.eval.render import render_samples
 from jaxdistill.methods import ladder_within
+from jaxdistill.models.target import jit_for
 from jaxdistill.recipes import STATE_DEFINING, build_spec
 from jaxdistill.teachers import ring_mixture
 from jaxdistill.toy import toy_distiller
@@ -155,13 +156,12 @@ class SDRun(Run):
         d = self.distiller
         sigmas = self.sd.schedule.sampling_sigmas(teacher_steps, spacing="trailing")
 
-        @jax.jit
         def run(teacher, z, cond, null):
             den = guided(lambda x, s, c: d.problem.teacher_apply(teacher, x, s, c), cond, null, scale)
             return ddim(den, z * float(np.sqrt(sigmas[0] ** 2 + 1)) / float(sigmas[0]), sigmas)
 
-        self._teacher_samplers[teacher_steps, scale] = run
-        return run
+        self._teacher_samplers[teacher_steps, scale] = jit_for(d.mesh, run)
+        return self._teacher_samplers[teacher_steps, scale]
 
     def teacher_samples(self, seeds, teacher_steps: int = 25, scale: float | None = None) -> np.ndarray:
         """The teacher's guided DDIM latents from the noise the student gets at `seeds` (its
