@@ -134,7 +134,7 @@ HLO = """
 
 
 def test_collective_bytes_follow_the_ring_model():
-    sent = costs.collective_bytes(HLO, num_devices=8)
+    sent = costs.loop_costs("ENTRY %main () -> f32[] {\n" + HLO + "}\n", num_devices=8).collectives
     assert sent["all-reduce"] == 4096 * 2 * 3 / 4
     assert sent["all-gather"] == 1024 * 64 * 2 * 3 / 4  # the result of the async start, once
     assert sent["reduce-scatter"] == 512 * 3

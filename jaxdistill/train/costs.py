@@ -82,16 +82,6 @@ def _collective(line: str, num_devices: int) -> tuple[str, float] | None:
     return m.group("op"), size * factor
 
 
-def collective_bytes(hlo_text: str, num_devices: int) -> dict[str, float]:
-    """{kind: bytes one device sends} over the lines of an HLO text, each counted once."""
-    sent = {k: 0.0 for k in COLLECTIVES}
-    for line in hlo_text.splitlines():
-        found = _collective(line, num_devices)
-        if found:
-            sent[found[0]] += found[1]
-    return sent
-
-
 # ------------------------------------------------------------------ loops in the optimised HLO
 
 _HEADER = re.compile(r"^(ENTRY )?%([\w.\-]+) \((.*)\) -> .*\{\s*$")
