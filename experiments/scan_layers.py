@@ -12,37 +12,20 @@ and the dot_general and convolution ops in it). Lowering only; the compile is wh
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
 import time
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def lower(recipe: str, architecture: str, resolution: int, topology: str, mesh: tuple, batch: int, remat: str,
           scan_layers: bool) -> tuple[float, str]:
-    import jax
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from tpu_plan import planning_config  # this folder's planning script
 
-    from jaxdistill.models.target import compiling_for
     from jaxdistill.train import topology as tpu
     from jaxdistill.train.program import build_run
 
-    spec = importlib.util.spec_from_file_location("recipe", os.path.join(ROOT, "configs", recipe))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    config.teacher.update(architecture=architecture, resolution=resolution, path="")
-    config.mesh.shape, config.train.batch_size = mesh, batch
-    config.model.update(remat=remat, attention="xla", scan_layers=scan_layers)
+    config = planning_config(recipe, architecture, resolution, mesh, batch, remat, scan_layers)
     devices = tpu.devices(tpu.parse(topology)) if topology else None
     job = build_run(config, devices=devices, abstract=True)
-    d = job.distiller
-    jitted = jax.jit(d._step_fn, in_shardings=(d.state_sharding, d.teacher_sharding(job.teacher)),
-                     out_shardings=(d.state_sharding, NamedSharding(d.mesh, P())), donate_argnums=0)
     start = time.perf_counter()
-    with compiling_for(d.mesh):
-        text = jitted.lower(d.state, job.teacher).as_text()
+    text = job.distiller.lower(job.teacher).as_text()
     return time.perf_counter() - start, text
 
 

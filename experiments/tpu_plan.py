@@ -46,23 +46,29 @@ SLICES = {
 }
 
 
-def plan(recipe: str, slice_name: str, batch: int, mesh, remat: str, scan_layers: bool = False) -> dict:
-    """`info` of one configuration; {'fits': False, 'needs': bytes} when the compiler says it does not fit."""
-    from ml_collections import config_flags  # noqa: F401  (the config files import ml_collections)
-
-    from jaxdistill.commands.info import info
-    from jaxdistill.train.program import RunError
+def planning_config(recipe_file: str, architecture: str, resolution: int, mesh, batch: int, remat: str,
+                    scan_layers: bool = False):
+    """`configs/<recipe_file>`'s full config for a published teacher architecture (no folder),
+    with the given mesh, global batch, remat policy and XLA attention."""
     import importlib.util
 
-    path, arch, resolution, _ = RECIPES[recipe]
-    spec = importlib.util.spec_from_file_location("recipe", os.path.join(ROOT, "configs", path))
+    spec = importlib.util.spec_from_file_location("recipe", os.path.join(ROOT, "configs", recipe_file))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config()
-    config.teacher.update(architecture=arch, resolution=resolution, path="")
-    config.mesh.shape = tuple(mesh)
-    config.train.batch_size = batch
+    config.teacher.update(architecture=architecture, resolution=resolution, path="")
+    config.mesh.shape, config.train.batch_size = tuple(mesh), batch
     config.model.update(remat=remat, attention="xla", scan_layers=scan_layers)
+    return config
+
+
+def plan(recipe: str, slice_name: str, batch: int, mesh, remat: str, scan_layers: bool = False) -> dict:
+    """`info` of one configuration; {'fits': False, 'needs': bytes} when the compiler says it does not fit."""
+    from jaxdistill.commands.info import info
+    from jaxdistill.train.program import RunError
+
+    path, arch, resolution, _ = RECIPES[recipe]
+    config = planning_config(path, arch, resolution, mesh, batch, remat, scan_layers)
     start = time.perf_counter()
     try:
         report = info(config, topology=slice_name, print_fn=lambda *_: None)

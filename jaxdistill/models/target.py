@@ -64,8 +64,8 @@ def shard_batch(x: jax.Array) -> jax.Array:
     replicated along the others; unchanged outside `compiling_for`, on one device, or when the
     batch does not divide. Without this, XLA's SPMD partitioner may keep a matmul's weights
     sharded over fsdp and gather the activations instead: every device then computes the whole
-    batch's activations (on 8 CPU devices at mesh (1, 8, 1), 5× the temporaries and FLOPs of
-    data parallelism)."""
+    batch's activations (the tiny SDXL-shaped SiD-LSG step on 8 CPU devices at mesh (1, 8, 1):
+    4.9× the temporaries and 2.9× the FLOPs of data parallelism)."""
     m = mesh()
     if m is None:
         return x

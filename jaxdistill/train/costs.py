@@ -65,9 +65,8 @@ def _group_size(line: str, num_devices: int) -> int:
 
 
 def _collective(line: str, num_devices: int) -> tuple[str, float] | None:
-    """(kind, bytes one device sends) of an HLO line that starts a collective, else None."""
-    if not any(kind in line for kind in COLLECTIVES):  # the regex alone is slow on long lines
-        return None
+    """(kind, bytes one device sends) of an HLO line that starts a collective, else None. (Slow
+    on long lines: call it for collective instructions only.)"""
     m = _OP.search(line)
     if not m or "-done" in line.split("=")[0]:
         return None
@@ -257,7 +256,7 @@ def _trip_count(ins: _Instr, comps: dict) -> int | None:
 @dataclasses.dataclass
 class LoopCosts:
     """What XLA's cost analysis leaves out of a program with loops, which it counts once."""
-    flops: float  # matmul and convolution FLOPs of every loop iteration after the first
+    flops: float  # FLOPs (as XLA counts them) of every loop iteration after the first
     bytes_accessed: float  # operand + result bytes of those iterations' kernels
     collectives: dict  # bytes sent per device, by kind, every iteration counted
     unknown_trip_counts: int  # loops whose trip count could not be read, counted once

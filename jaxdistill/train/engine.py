@@ -116,18 +116,20 @@ class Distiller:
             return jax.tree.map(lambda _: NamedSharding(self.mesh, P()), teacher_params)
         return shd.named(self.mesh, self.teacher_specs)
 
+    def lower(self, teacher_params: Any):
+        """The step lowered for this mesh's devices (explicit shardings, donated state), not compiled."""
+        t_sh = self.teacher_sharding(teacher_params)
+        jitted = jax.jit(self._step_fn, in_shardings=(self.state_sharding, t_sh),
+                         out_shardings=(self.state_sharding, NamedSharding(self.mesh, P())), donate_argnums=0)
+        with compiling_for(self.mesh):  # attention and convolution kernels, batch constraints for this mesh
+            return jitted.lower(self.state, teacher_params)
+
     def compile(self, teacher_params: Any, compiler_options: dict | None = None):
-        """Lower and compile the step once (explicit shardings, donated state); `compiler_options`
-        are XLA options for this compilation (e.g. a cheaper CPU optimisation level in tests)."""
+        """Lower and compile the step once; `compiler_options` are XLA options for this
+        compilation (e.g. a cheaper CPU optimisation level in tests)."""
         if self._compiled is None:
-            t_sh = self.teacher_sharding(teacher_params)
-            jitted = jax.jit(self._step_fn, in_shardings=(self.state_sharding, t_sh),
-                             out_shardings=(self.state_sharding, NamedSharding(self.mesh, P())),
-                             donate_argnums=0)
             start = time.perf_counter()
-            with compiling_for(self.mesh):  # attention and convolution kernels for this mesh's devices
-                lowered = jitted.lower(self.state, teacher_params)
-            self._compiled = lowered.compile(compiler_options or None)
+            self._compiled = self.lower(teacher_params).compile(compiler_options or None)
             self.compile_seconds = time.perf_counter() - start
         return self._compiled
 

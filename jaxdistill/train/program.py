@@ -292,8 +292,8 @@ def _build_sd_run(config: ml_collections.ConfigDict, mesh, abstract: bool = Fals
     return sd_run(config, mesh, sd, prompts, bank, abstract=abstract)
 
 
-def sd_run(config: ml_collections.ConfigDict, mesh, sd, prompts: list, bank: dict, *, abstract: bool = False,
-           ) -> SDRun:
+def sd_run(config: ml_collections.ConfigDict, mesh, sd, prompts: list, bank: dict, *,
+           abstract: bool = False) -> SDRun:
     """The run of `config` on a teacher already in hand: `sd` a `StableDiffusion` (loaded,
     abstract, or `StableDiffusion.random` for benchmarks) and `bank` its prompt bank for
     `prompts` (rows over the mesh's batch axes, as `sharded_prompt_bank` places them)."""
