@@ -47,9 +47,9 @@ SLICES = {
 
 
 def planning_config(recipe_file: str, architecture: str, resolution: int, mesh, batch: int, remat: str,
-                    scan_layers: bool = False):
+                    scan_layers: bool = False, microbatches: int = 1):
     """`configs/<recipe_file>`'s full config for a published teacher architecture (no folder),
-    with the given mesh, global batch, remat policy and XLA attention."""
+    with the given mesh, global batch (in `microbatches`), remat policy and XLA attention."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("recipe", os.path.join(ROOT, "configs", recipe_file))
@@ -57,18 +57,19 @@ def planning_config(recipe_file: str, architecture: str, resolution: int, mesh, 
     spec.loader.exec_module(module)
     config = module.get_config()
     config.teacher.update(architecture=architecture, resolution=resolution, path="")
-    config.mesh.shape, config.train.batch_size = tuple(mesh), batch
+    config.mesh.shape, config.train.batch_size, config.train.microbatches = tuple(mesh), batch, microbatches
     config.model.update(remat=remat, attention="xla", scan_layers=scan_layers)
     return config
 
 
-def plan(recipe: str, slice_name: str, batch: int, mesh, remat: str, scan_layers: bool = False) -> dict:
+def plan(recipe: str, slice_name: str, batch: int, mesh, remat: str, scan_layers: bool = False,
+         microbatches: int = 1) -> dict:
     """`info` of one configuration; {'fits': False, 'needs': bytes} when the compiler says it does not fit."""
     from jaxdistill.commands.info import info
     from jaxdistill.train.program import RunError
 
     path, arch, resolution, _ = RECIPES[recipe]
-    config = planning_config(path, arch, resolution, mesh, batch, remat, scan_layers)
+    config = planning_config(path, arch, resolution, mesh, batch, remat, scan_layers, microbatches)
     start = time.perf_counter()
     try:
         report = info(config, topology=slice_name, print_fn=lambda *_: None)
@@ -80,14 +81,14 @@ def plan(recipe: str, slice_name: str, batch: int, mesh, remat: str, scan_layers
 
 
 def search(recipe: str, slice_name: str, max_tries: int, batch: int = 0, remat: str = "",
-           scan_layers: bool = False) -> tuple[dict | None, list]:
+           scan_layers: bool = False, microbatches: int = 1) -> tuple[dict | None, list]:
     mesh, default_remat = SLICES[slice_name]
     remat = remat or default_remat
-    shards = mesh[0] * mesh[1]
+    shards = mesh[0] * mesh[1] * microbatches
     batch = max((batch or RECIPES[recipe][3]) // shards, 1) * shards
     tried, best = [], None
     while len(tried) < max_tries and batch >= shards:
-        r = plan(recipe, slice_name, batch, mesh, remat, scan_layers)
+        r = plan(recipe, slice_name, batch, mesh, remat, scan_layers, microbatches)
         needs = re.search(r"needs ([\d.,]+ GiB)", r.get("error", ""))
         tried.append((batch, r["fits"], round(r["seconds"]), needs.group(1) if needs else ""))
         verdict = (f"fits, peak {r['memory_per_device']['peak'] / 2**30:.2f} GiB per chip" if r["fits"]
@@ -106,9 +107,11 @@ def search(recipe: str, slice_name: str, max_tries: int, batch: int = 0, remat: 
     return best, tried
 
 
-def row(recipe: str, slice_name: str, best: dict | None, tried: list, remat: str = "", scan_layers: bool = False) -> str:
+def row(recipe: str, slice_name: str, best: dict | None, tried: list, remat: str = "", scan_layers: bool = False,
+        microbatches: int = 1) -> str:
     mesh, default_remat = SLICES[slice_name]
-    remat = (remat or default_remat) + (", scanned layers" if scan_layers else "")
+    remat = ((remat or default_remat) + (", scanned layers" if scan_layers else "")
+             + (f", {microbatches} microbatches" if microbatches > 1 else ""))
     attempts = ", ".join(f"{b} {'fits' if ok else f'needs {need} temporaries'} ({s} s)" for b, ok, s, need in tried)
     if best is None:
         return f"| {recipe} | {slice_name} | {mesh} | {remat} | < {min(t[0] for t in tried)} | | | | {attempts} |"
@@ -127,6 +130,8 @@ def main() -> None:
     parser.add_argument("--remat", default="", help="remat policy for every row (default: the slice's in SLICES)")
     parser.add_argument("--scan_layers", action="store_true",
                         help="run each UNet transformer's stack of blocks as one lax.scan (config.model.scan_layers)")
+    parser.add_argument("--microbatches", type=int, default=1,
+                        help="accumulate each gradient over this many microbatches (config.train.microbatches)")
     parser.add_argument("--out", default="", help="also append the rows (markdown) and JSON reports here")
     args = parser.parse_args()
     logging.set_verbosity(logging.ERROR)
@@ -136,14 +141,16 @@ def main() -> None:
           "| est. images/s | binds | compiles: global batch, verdict (compile s on a 2-core host) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for recipe, slice_name in rows:
-        best, tried = search(recipe, slice_name, args.max_tries, args.batch, args.remat, args.scan_layers)
-        line = row(recipe, slice_name, best, tried, args.remat, args.scan_layers)
+        best, tried = search(recipe, slice_name, args.max_tries, args.batch, args.remat, args.scan_layers,
+                             args.microbatches)
+        line = row(recipe, slice_name, best, tried, args.remat, args.scan_layers, args.microbatches)
         print(line, flush=True)
         if args.out:
             with open(args.out, "a") as f:
                 f.write(line + "\n")
             with open(args.out + ".jsonl", "a") as f:
-                f.write(json.dumps({"recipe": recipe, "slice": slice_name, "tried": tried, "best": best},
+                f.write(json.dumps({"recipe": recipe, "slice": slice_name, "microbatches": args.microbatches,
+                                    "tried": tried, "best": best},
                                    default=str) + "\n")
 
 

@@ -38,8 +38,8 @@ def mixture_config(method: str, variant: str = "", *, num_classes: int = 1, guid
     c.optim = dict(gen_lr=settings.get("gen_lr", 2e-4), critic_lr=settings.get("critic_lr", 2e-3),
                    n_critic=settings.get("n_critic", 1), ema_decay=settings.get("ema_decay", 0.99))
     c.mesh = dict(shape=(1, 1, 1))
-    c.train = dict(steps=3000, batch_size=256, seed=0, log_every=100, checkpoint_every=500, keep=3, keep_period=0,
-                   sample_every=1000, sample_count=1024, eval_samples=1000, max_nonfinite_steps=20)
+    c.train = dict(steps=3000, batch_size=256, microbatches=1, seed=0, log_every=100, checkpoint_every=500, keep=3,
+                   keep_period=0, sample_every=1000, sample_count=1024, eval_samples=1000, max_nonfinite_steps=20)
     if variant == "tiny":
         c.model.update(hidden=32, depth=2)
         c.train.update(steps=8, batch_size=16, log_every=1, checkpoint_every=2, sample_every=4, sample_count=256,
@@ -65,7 +65,7 @@ def sd_config(method: str, variant: str, *, resolution: int, guidance: str, kapp
                    remat="dots_saveable", scan_layers=False)
     c.optim = dict(optim)
     c.mesh = dict(shape=(1, 1, 1))
-    c.train = dict(steps=steps, batch_size=batch_size, seed=0, log_every=50, checkpoint_every=1000, keep=3,
+    c.train = dict(steps=steps, batch_size=batch_size, microbatches=1, seed=0, log_every=50, checkpoint_every=1000, keep=3,
                    keep_period=5000, sample_every=1000, sample_count=16, eval_samples=1000, max_nonfinite_steps=20)
     if variant == "tiny":
         c.teacher.resolution = 32

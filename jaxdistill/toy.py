@@ -64,6 +64,7 @@ def toy_distiller(
     spec: MethodSpec,
     *,
     batch_size: int = 256,
+    microbatches: int = 1,
     hidden: int = 128,
     depth: int = 3,
     seed: int = 0,
@@ -79,8 +80,8 @@ def toy_distiller(
         critic = MLPDenoiser(gm.event_shape, hidden=hidden, depth=depth, num_classes=classes, residual=True,
                              rngs=nnx.Rngs(seed + 1))
         head = DiscriminatorHead(hidden, hidden, rngs=nnx.Rngs(seed + 2)) if spec.discriminator else None
-    return Distiller(spec, mixture_problem(gm), gen, critic, head, batch_size=batch_size, mesh=mesh, seed=seed,
-                     on_teacher=True, abstract=abstract)
+    return Distiller(spec, mixture_problem(gm), gen, critic, head, batch_size=batch_size, microbatches=microbatches,
+                     mesh=mesh, seed=seed, on_teacher=True, abstract=abstract)
 
 
 def distill_mixture(gm: GaussianMixture, spec: MethodSpec, *, steps: int, log_every: int = 0, **kwargs) -> ToyRun:

@@ -198,7 +198,8 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
 
 @pytest.mark.parametrize(
     "override, needle",
-    [("--config.train.nonexistent=1", "nonexistent"), ("--config.train.steps=many", "steps")],
+    [("--config.train.nonexistent=1", "nonexistent"), ("--config.train.steps=many", "steps"),
+     ("--config.train.microbatches=3", "multiple of microbatches × data × fsdp = 3 × 1")],
 )
 def test_bad_config_values_fail_with_a_message(tmp_path, override, needle):
     r = _run(tmp_path, override)

@@ -9,8 +9,9 @@ collective traffic per device, every iteration of the step's loops (scanned laye
 for that slice's chips (`jaxdistill.train.topology`; needs the libtpu extra), its per-chip
 memory is set against the chip's HBM (the TPU compiler itself refuses a step that does not
 fit, and the report says by how much), and the chip's published rates give an estimated step
-time, images/s and what binds. Nothing is chosen silently: mesh, batch, dtypes and remat policy
-are the config's (`--config.mesh.shape`, `--config.train.batch_size`, `--config.model.remat`).
+time, images/s and what binds. Nothing is chosen silently: mesh, batch, gradient accumulation,
+dtypes and remat policy are the config's (`--config.mesh.shape`, `--config.train.batch_size`,
+`--config.train.microbatches`, `--config.model.remat`).
 Stable Diffusion recipes read only the teacher folder's config files, or none with
 `--config.teacher.architecture=sd15|sd21|sdxl`; the prompt bank has the prompt file's length,
 else `--num_prompts` rows.
@@ -67,9 +68,11 @@ def info(config, *, topology: str = "", num_prompts: int = 1024, print_fn=print)
             raise
         raise RunError(f"the train step does not fit {topology or 'the device'}: the compiler needs {_gib(short[0])} "
                        f"of temporaries where a chip has {_gib(short[1])} free (mesh {dict(d.mesh.shape)}, batch "
-                       f"{config.train.batch_size}, remat {config.model.get('remat', 'none')!r}). Lower "
-                       "--config.train.batch_size, shard the weights over more chips (--config.mesh.shape with a "
-                       "larger fsdp axis) or save memory with --config.model.remat.") from e
+                       f"{config.train.batch_size} in {config.train.microbatches} microbatch(es), remat "
+                       f"{config.model.get('remat', 'none')!r}). Accumulate the gradient over more microbatches "
+                       "(--config.train.microbatches), lower --config.train.batch_size, shard the weights over more "
+                       "chips (--config.mesh.shape with a larger fsdp axis) or save memory with "
+                       "--config.model.remat.") from e
     n = len(d.mesh.devices.flat)
     step = costs.step_cost(compiled, n)
     report = {
@@ -77,6 +80,7 @@ def info(config, *, topology: str = "", num_prompts: int = 1024, print_fn=print)
                                                                        if topology else ""),
         "mesh": dict(d.mesh.shape),
         "global_batch": config.train.batch_size,
+        "microbatches": config.train.microbatches,
         "parameters": {"generator": _count(d.state.gen), "critic": _count(d.state.critic.get("net")),
                        "discriminator_head": _count(d.state.critic.get("head", {})),
                        "teacher": _count(job.teacher)},
@@ -102,7 +106,8 @@ def info(config, *, topology: str = "", num_prompts: int = 1024, print_fn=print)
 def _print(report: dict, job, d, print_fn) -> None:
     print_fn("config:\n" + json.dumps(job.resolved, indent=2))
     p = report["parameters"]
-    print_fn(f"devices: {report['devices']}; mesh {report['mesh']}; global batch {report['global_batch']}")
+    micro = f" in {report['microbatches']} microbatches" if report["microbatches"] > 1 else ""
+    print_fn(f"devices: {report['devices']}; mesh {report['mesh']}; global batch {report['global_batch']}{micro}")
     print_fn(f"parameters: generator {p['generator']:,}, critic {p['critic']:,}, discriminator head "
              f"{p['discriminator_head']:,}, teacher {p['teacher']:,}; train state {_gib(report['state_bytes'])}")
     print_fn(f"train step (one iteration: {d.spec.n_critic} critic update(s) + 1 generator update), per device: "

@@ -27,7 +27,11 @@ class Distiller:
     `abstract=True` keeps only the state's shapes, dtypes and shardings (nothing is allocated;
     the modules may be abstract, from `nnx.eval_shape`): enough to compile the step for any
     devices, including a TPU topology without its hardware (`jaxdistill info --topology`), but
-    not to run it."""
+    not to run it.
+
+    `microbatches` > 1 accumulates each update's gradient over that many microbatches of
+    batch_size / microbatches samples (SiD's `batch_gpu`): the same optimizer steps with one
+    microbatch's activations at a time."""
 
     def __init__(
         self,
@@ -38,6 +42,7 @@ class Distiller:
         head: nnx.Module | None = None,
         *,
         batch_size: int,
+        microbatches: int = 1,
         mesh=None,
         rules=shd.DEFAULT_RULES,
         seed: int = 0,
@@ -47,10 +52,10 @@ class Distiller:
         abstract: bool = False,
         teacher_specs: Any = None,
     ):
-        self.spec, self.problem, self.batch_size = spec, problem, batch_size
+        self.spec, self.problem, self.batch_size, self.microbatches = spec, problem, batch_size, microbatches
         self.teacher_specs = teacher_specs
         self.mesh = mesh if mesh is not None else shd.make_mesh((1, 1, 1), jax.devices()[:1])
-        shd.check_batch(batch_size, self.mesh)
+        shd.check_batch(batch_size, self.mesh, microbatches)
         self.nets, gen_params, critic_params = split_networks(
             generator, critic, head, problem.teacher_apply if on_teacher else None)
         self.gen_tx = gen_tx or make_optimizer(spec.gen_lr, b1=spec.adam_b1, b2=spec.adam_b2,
@@ -79,8 +84,9 @@ class Distiller:
         batch = shd.batch_sharding(self.mesh)
         constrain = lambda x: jax.lax.with_sharding_constraint(x, batch)  # noqa: E731
         step = make_train_step(spec, problem, self.nets, self.gen_tx, self.critic_tx, batch_size,
-                               constrain=constrain)
-        self.objectives = make_objectives(spec, problem, self.nets, batch_size, constrain)  # the step's losses
+                               constrain=constrain, microbatches=microbatches)
+        # The step's losses, on one microbatch.
+        self.objectives = make_objectives(spec, problem, self.nets, batch_size // microbatches, constrain)
         self.trace_count = 0
 
         def counted_step(state, teacher_params):  # the compile-once guard, per Distiller

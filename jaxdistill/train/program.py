@@ -238,7 +238,7 @@ def _mesh(config, devices=None):
     except ValueError as e:
         raise RunError(f"mesh.shape: {e}") from e
     try:
-        shd.check_batch(config.train.batch_size, mesh)
+        shd.check_batch(config.train.batch_size, mesh, config.train.microbatches)
     except ValueError as e:
         raise RunError(f"train.{e}") from e
     return mesh
@@ -255,8 +255,8 @@ def build_run(config: ml_collections.ConfigDict, *, devices=None, abstract: bool
     t = config.train
     if config.teacher.kind == "diffusers":
         return _build_sd_run(config, mesh, abstract, num_prompts)
-    d = toy_distiller(teacher, build_spec(config), batch_size=t.batch_size, hidden=config.model.hidden,
-                      depth=config.model.depth, seed=t.seed, mesh=mesh, abstract=abstract)
+    d = toy_distiller(teacher, build_spec(config), batch_size=t.batch_size, microbatches=t.microbatches,
+                      hidden=config.model.hidden, depth=config.model.depth, seed=t.seed, mesh=mesh, abstract=abstract)
     return MixtureRun(config, teacher, d)
 
 
@@ -323,7 +323,8 @@ def sd_run(config: ml_collections.ConfigDict, mesh, sd, prompts: list, bank: dic
         build_head = lambda rngs: DiscriminatorHead(channels, channels, rngs=rngs)  # noqa: E731
         head = abstract_module(build_head) if abstract else build_head(nnx.Rngs(config.train.seed + 2))
     d = Distiller(spec, sd_problem(sd, unet_def, tc.resolution, len(prompts)), copy_of_teacher(), copy_of_teacher(),
-                  head, batch_size=config.train.batch_size, mesh=mesh, seed=config.train.seed, abstract=abstract,
+                  head, batch_size=config.train.batch_size, microbatches=config.train.microbatches, mesh=mesh,
+                  seed=config.train.seed, abstract=abstract,
                   teacher_specs=_teacher_specs(sd.unet, teacher, mesh))
     judge = None
     if tc.get("judge") and not abstract:
@@ -397,6 +398,8 @@ def open_run(workdir: str, step: int | None = None) -> Run:
                        "written by `jaxdistill train`.")
     with open(path) as f:
         config = ml_collections.ConfigDict(json.load(f))
+    if "microbatches" not in config.train:  # written before gradient accumulation: one microbatch is what it ran
+        config.train.microbatches = 1
     run = build_run(config)
     with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
         if ckpt.latest_step() is None:

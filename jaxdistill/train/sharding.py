@@ -102,13 +102,18 @@ def opt_state_specs(tx: optax.GradientTransformation, params: Any, specs: Any) -
     return jax.tree.map(lambda x: x if isinstance(x, P) else P(), mapped, is_leaf=lambda x: isinstance(x, P))
 
 
-def check_batch(batch_size: int, mesh) -> None:
-    """The global batch must split evenly over ('data', 'fsdp')."""
+def check_batch(batch_size: int, mesh, microbatches: int = 1) -> None:
+    """The global batch must split into `microbatches` equal microbatches, each split evenly
+    over ('data', 'fsdp')."""
+    if microbatches < 1:
+        raise ValueError(f"microbatches={microbatches} must be at least 1 (1: no gradient accumulation).")
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if batch_size % shards:
-        nearest = sorted({max(shards, batch_size // shards * shards), (batch_size // shards + 1) * shards})
+    unit = shards * microbatches
+    if batch_size % unit:
+        nearest = sorted({max(unit, batch_size // unit * unit), (batch_size // unit + 1) * unit})
+        per = f"microbatches × data × fsdp = {microbatches} × {shards}" if microbatches > 1 else f"data×fsdp = {shards}"
         raise ValueError(
-            f"batch_size={batch_size} does not fit the mesh: it must be a multiple of data×fsdp = {shards} "
+            f"batch_size={batch_size} does not fit the mesh: it must be a multiple of {per} "
             f"(mesh {dict(mesh.shape)}); the nearest that fit are {' and '.join(map(str, nearest))}."
         )
 

@@ -9,6 +9,10 @@ one generator update, the EMA update — in the order the method says.
 Both phases of an iteration share one k ~ U{1..K} (few-step SiD). Non-finite samples are
 masked out of every loss (their count is a metric) and gradients pass through
 `nan_to_num(nan=0, posinf=1e5, neginf=−1e5)` as the SiD code does.
+
+With `microbatches` > 1 each of these updates accumulates its gradient over microbatches run one
+after another (`_microbatched`), as the SiD code's `batch_gpu` rounds do: the published global
+batch on fewer or smaller chips, at the cost of that many sequential passes.
 """
 
 from __future__ import annotations
@@ -206,6 +210,44 @@ def make_objectives(spec: MethodSpec, problem: Problem, nets: Networks, batch_si
     return Objectives(sample_generator, critic_loss, gen_loss)
 
 
+def _reduce_metric(name: str, values: jax.Array) -> jax.Array:
+    """One step's value of a metric measured on each microbatch: counts (`*_masked`) add up,
+    extremes (`*_min`, `*_max`) stay extremes, everything else is averaged."""
+    if name.endswith("_masked"):
+        return jnp.sum(values)
+    if name.endswith("_min"):
+        return jnp.min(values)
+    if name.endswith("_max"):
+        return jnp.max(values)
+    return jnp.mean(values)
+
+
+def _microbatched(grads_of: Callable, microbatches: int) -> Callable:
+    """Gradient accumulation. `grads_of(params, key, inputs) -> (grads, metrics, outputs)` on
+    one microbatch becomes the same on `microbatches` of them, run one after another in a
+    `lax.scan` so that only one microbatch's activations are live: microbatch m draws its
+    randomness from fold_in(key, m) and reads inputs[m] (inputs stacked on a leading axis, or
+    None); the gradients are averaged (summed in the parameters' dtype), the metrics reduced by
+    `_reduce_metric` and the outputs stacked on a leading axis. Each microbatch's loss is its own
+    (masked) mean, so the step's gradient is the full batch's when no sample is masked. One
+    microbatch is `grads_of` itself, with `key` unchanged."""
+    if microbatches == 1:
+        return grads_of
+
+    def run(params, key, inputs):
+        def one(total, m_and_inputs):
+            m, x = m_and_inputs
+            grads, metrics, outputs = grads_of(params, jax.random.fold_in(key, m), x)
+            return jax.tree.map(jnp.add, total, grads), (metrics, outputs)
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        total, (metrics, outputs) = jax.lax.scan(one, zeros, (jnp.arange(microbatches), inputs))
+        grads = jax.tree.map(lambda g: g / microbatches, total)
+        return grads, {name: _reduce_metric(name, v) for name, v in metrics.items()}, outputs
+
+    return run
+
+
 def make_train_step(
     spec: MethodSpec,
     problem: Problem,
@@ -214,35 +256,52 @@ def make_train_step(
     critic_tx: optax.GradientTransformation,
     batch_size: int,
     constrain: Callable = lambda x: x,
+    microbatches: int = 1,
 ):
     """`step(state, teacher_params) -> (state, metrics)`, pure and jit-able.
 
     `constrain` is applied to every batch-shaped array created inside the step (the trainer
-    passes a sharding constraint over ('data', 'fsdp')).
+    passes a sharding constraint over ('data', 'fsdp')). With `microbatches` > 1 every update's
+    gradient is accumulated over that many microbatches of batch_size / microbatches samples
+    (`_microbatched`): the activations of one microbatch at a time, the same optimizer steps.
     """
     if spec.discriminator and (nets.head is None or problem.sample_real is None):
         raise ValueError(f"method {spec.name!r} trains a discriminator: pass a head network and problem.sample_real.")
-    objectives = make_objectives(spec, problem, nets, batch_size, constrain)
+    if microbatches < 1 or batch_size % microbatches:
+        raise ValueError(f"microbatches={microbatches} must be a positive divisor of batch_size={batch_size}.")
+    objectives = make_objectives(spec, problem, nets, batch_size // microbatches, constrain)
     sample_generator, critic_loss, gen_loss = objectives.sample_generator, objectives.critic_loss, objectives.gen_loss
 
-    def critic_update(critic_params, critic_opt, teacher_params, x_g, cond, uncond, key):
-        grads, metrics = jax.grad(critic_loss, has_aux=True)(critic_params, teacher_params, x_g, cond, uncond, key)
+    def critic_update(critic_params, critic_opt, teacher_params, key, samples=None, fresh_from=None):
+        """One critic optimizer step on `samples` (x_g, cond, uncond), or on samples drawn from the
+        generator `fresh_from` = (gen_params, k) for each microbatch."""
+        def grads_of(params, key, samples):
+            if fresh_from is not None:
+                k_g, key = jax.random.split(key)
+                samples = sample_generator(sg(fresh_from[0]), teacher_params, k_g, fresh_from[1])
+            x_g, cond, uncond = samples
+            grads, metrics = jax.grad(critic_loss, has_aux=True)(params, teacher_params, sg(x_g), cond, uncond, key)
+            return grads, metrics, None
+
+        grads, metrics, _ = _microbatched(grads_of, microbatches)(critic_params, key, samples)
         critic_params, critic_opt, m = _apply_update(critic_tx, critic_params, critic_opt, grads, "critic")
         return critic_params, critic_opt, {**metrics, **m}
 
     def fresh_critic_update(gen_params, teacher_params, k, carry, key):
         critic_params, critic_opt = carry
-        k_g, k_c = jax.random.split(key)
-        x_g, cond, uncond = sample_generator(sg(gen_params), teacher_params, k_g, k)
-        critic_params, critic_opt, m = critic_update(critic_params, critic_opt, teacher_params, sg(x_g), cond,
-                                                     uncond, k_c)
+        critic_params, critic_opt, m = critic_update(critic_params, critic_opt, teacher_params, key,
+                                                     fresh_from=(gen_params, k))
         return (critic_params, critic_opt), m
 
     def gen_update(state, critic_params, teacher_params, key, k):
-        grads, (metrics, x_g, cond, uncond) = jax.grad(gen_loss, has_aux=True)(
-            state.gen, critic_params, teacher_params, key, k)
+        def grads_of(params, key, _):
+            grads, (metrics, x_g, cond, uncond) = jax.grad(gen_loss, has_aux=True)(
+                params, critic_params, teacher_params, key, k)
+            return grads, metrics, (x_g, cond, uncond)
+
+        grads, metrics, samples = _microbatched(grads_of, microbatches)(state.gen, key, None)
         gen, gen_opt, m = _apply_update(gen_tx, state.gen, state.gen_opt, grads, "gen")
-        return gen, gen_opt, {**metrics, **m}, (x_g, cond, uncond)
+        return gen, gen_opt, {**metrics, **m}, samples
 
     def critic_phase(gen_params, critic_params, critic_opt, teacher_params, keys, k):
         (critic_params, critic_opt), ms = jax.lax.scan(
@@ -259,9 +318,8 @@ def make_train_step(
                                                          crit_keys, k)
             gen, gen_opt, g_metrics, _ = gen_update(state, critic, teacher_params, k_gen, k)
         else:
-            gen, gen_opt, g_metrics, (x_g, cond, uncond) = gen_update(state, state.critic, teacher_params, k_gen, k)
-            critic, critic_opt, first = critic_update(state.critic, state.critic_opt, teacher_params, x_g, cond, uncond,
-                                                      k_first)
+            gen, gen_opt, g_metrics, samples = gen_update(state, state.critic, teacher_params, k_gen, k)
+            critic, critic_opt, first = critic_update(state.critic, state.critic_opt, teacher_params, k_first, samples)
             c_metrics = first
             if spec.n_critic > 1:
                 critic, critic_opt, rest = critic_phase(gen, critic, critic_opt, teacher_params, crit_keys[1:], k)
