@@ -122,6 +122,9 @@ def _print(report: dict, job, d, print_fn) -> None:
     if "estimate" in report:
         e, c = report["estimate"], report["chip"]
         print_fn(f"chip: {_gib(c['hbm_bytes'])} HBM; the step's peak is {100 * e['hbm_fraction']:.1f}% of it")
+        if e["hbm_fraction"] > 1:
+            print_fn("note: the TPU compiler accepted this step although XLA's memory analysis adds up to more than "
+                     "the chip's HBM; the compiler's own accounting is the verdict, so this batch is at the edge")
         print_fn(f"estimated step: {e['estimate_s'] * 1e3:,.1f} ms = max(compute {e['compute_s'] * 1e3:,.1f}, "
                  f"HBM {e['hbm_s'] * 1e3:,.1f}) + ICI {e['ici_s'] * 1e3:,.1f} ms; {e['images_per_s']:,.1f} images/s; "
                  f"bound by {e['binds']}")
