@@ -135,11 +135,12 @@ def test_min_snr_weight_caps_the_clean_timesteps_and_leaves_the_noisy_ones():
         min_snr_weight(alpha_bar, -1.0)
 
 
-def test_the_world_recipe_evaluates_every_prompt_at_least_twice():
+@pytest.mark.parametrize("variant", ["", "tiny"])
+def test_the_world_recipe_evaluates_every_prompt_at_least_twice(variant):
     from jaxdistill.recipes import world_sid_lsg
     from jaxdistill.teachers.stable_diffusion import read_prompts
 
-    config = world_sid_lsg()
+    config = world_sid_lsg(variant)
     assert config.train.eval_samples >= 2 * len(read_prompts(world.PROMPTS))  # the diversity metric's minimum
 
 
