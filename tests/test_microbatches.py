@@ -118,14 +118,14 @@ def test_step_applies_the_mean_of_the_microbatch_gradients(method):
 
 
 def test_microbatches_hold_one_microbatch_of_activations():
-    """Temporaries of the compiled step: 8 microbatches of 512 against 512 in one, and 4096 in one."""
+    """Temporaries of the compiled step at batch 4096: in 8 microbatches against in one (measured
+    6.63 MiB and 59.49 MiB; 512 in one microbatch is 7.16 MiB)."""
     mesh = make_mesh((1, 1, 1), jax.devices()[:1])
     temp = {}
-    for batch, micro in ((512, 1), (4096, 8), (4096, 1)):
-        d = _distiller("sid", batch, micro, mesh, hidden=256)
-        temp[(batch, micro)] = d.lower(GM).compile().memory_analysis().temp_size_in_bytes
-    assert temp[(4096, 8)] < 1.5 * temp[(512, 1)], temp
-    assert temp[(4096, 1)] > 4 * temp[(4096, 8)], temp
+    for micro in (8, 1):
+        d = _distiller("sid", 4096, micro, mesh, hidden=256)
+        temp[micro] = d.lower(GM).compile().memory_analysis().temp_size_in_bytes
+    assert temp[1] > 6 * temp[8], temp
 
 
 def test_batch_must_split_into_microbatches_over_the_batch_axes():
