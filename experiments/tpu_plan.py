@@ -84,10 +84,10 @@ def search(recipe: str, slice_name: str, max_tries: int, batch: int = 0, remat: 
            scan_layers: bool = False, microbatches: int = 1) -> tuple[dict | None, list]:
     mesh, default_remat = SLICES[slice_name]
     remat = remat or default_remat
-    shards = mesh[0] * mesh[1] * microbatches
-    batch = max((batch or RECIPES[recipe][3]) // shards, 1) * shards
+    unit = mesh[0] * mesh[1] * microbatches  # the batch must be a multiple of microbatches × data × fsdp
+    batch = max((batch or RECIPES[recipe][3]) // unit, 1) * unit
     tried, best = [], None
-    while len(tried) < max_tries and batch >= shards:
+    while len(tried) < max_tries and batch >= unit:
         r = plan(recipe, slice_name, batch, mesh, remat, scan_layers, microbatches)
         needs = re.search(r"needs ([\d.,]+ GiB)", r.get("error", ""))
         tried.append((batch, r["fits"], round(r["seconds"]), needs.group(1) if needs else ""))
@@ -103,7 +103,7 @@ def search(recipe: str, slice_name: str, max_tries: int, batch: int = 0, remat: 
         else:
             if best is not None:
                 break
-            batch = batch // 2 // shards * shards
+            batch = batch // 2 // unit * unit
     return best, tried
 
 

@@ -52,7 +52,7 @@ class Distiller:
         abstract: bool = False,
         teacher_specs: Any = None,
     ):
-        self.spec, self.problem, self.batch_size, self.microbatches = spec, problem, batch_size, microbatches
+        self.spec, self.problem, self.batch_size = spec, problem, batch_size
         self.teacher_specs = teacher_specs
         self.mesh = mesh if mesh is not None else shd.make_mesh((1, 1, 1), jax.devices()[:1])
         shd.check_batch(batch_size, self.mesh, microbatches)
