@@ -4,6 +4,7 @@ ahead of time on a CPU host (`jaxdistill info --topology`; needs the libtpu extr
     pip install "jax[tpu]==$(python -c 'import jax; print(jax.__version__)')"
     python experiments/tpu_plan.py                      # every row (hours on a 2-core host)
     python experiments/tpu_plan.py --rows sid_lsg/sdxl/v5e-256 --batch 256 --max_tries 1 --scan_layers
+    python experiments/tpu_plan.py --rows sid_lsg/sd15/v5p-8 --batch 512 --max_tries 2 --attention splash
 
 The SDXL compile that fits took about 47 minutes and about 45 GB of host memory (RAM + swap) on
 a 2-core, 24 GiB machine, with `--scan_layers`; unrolled layers need more.
@@ -47,9 +48,9 @@ SLICES = {
 
 
 def planning_config(recipe_file: str, architecture: str, resolution: int, mesh, batch: int, remat: str,
-                    scan_layers: bool = False, microbatches: int = 1):
+                    scan_layers: bool = False, microbatches: int = 1, attention: str = "xla"):
     """`configs/<recipe_file>`'s full config for a published teacher architecture (no folder),
-    with the given mesh, global batch (in `microbatches`), remat policy and XLA attention."""
+    with the given mesh, global batch (in `microbatches`), remat policy and attention kernel."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("recipe", os.path.join(ROOT, "configs", recipe_file))
@@ -58,18 +59,18 @@ def planning_config(recipe_file: str, architecture: str, resolution: int, mesh, 
     config = module.get_config()
     config.teacher.update(architecture=architecture, resolution=resolution, path="")
     config.mesh.shape, config.train.batch_size, config.train.microbatches = tuple(mesh), batch, microbatches
-    config.model.update(remat=remat, attention="xla", scan_layers=scan_layers)
+    config.model.update(remat=remat, attention=attention, scan_layers=scan_layers)
     return config
 
 
 def plan(recipe: str, slice_name: str, batch: int, mesh, remat: str, scan_layers: bool = False,
-         microbatches: int = 1) -> dict:
-    """`info` of one configuration; {'fits': False, 'needs': bytes} when the compiler says it does not fit."""
+         microbatches: int = 1, attention: str = "xla") -> dict:
+    """`info` of one configuration; {'fits': False, 'error': its message} when the compiler says it does not fit."""
     from jaxdistill.commands.info import info
     from jaxdistill.train.program import RunError
 
     path, arch, resolution, _ = RECIPES[recipe]
-    config = planning_config(path, arch, resolution, mesh, batch, remat, scan_layers, microbatches)
+    config = planning_config(path, arch, resolution, mesh, batch, remat, scan_layers, microbatches, attention)
     start = time.perf_counter()
     try:
         report = info(config, topology=slice_name, print_fn=lambda *_: None)
@@ -81,16 +82,16 @@ def plan(recipe: str, slice_name: str, batch: int, mesh, remat: str, scan_layers
 
 
 def search(recipe: str, slice_name: str, max_tries: int, batch: int = 0, remat: str = "",
-           scan_layers: bool = False, microbatches: int = 1) -> tuple[dict | None, list]:
+           scan_layers: bool = False, microbatches: int = 1, attention: str = "xla") -> tuple[dict | None, list]:
     mesh, default_remat = SLICES[slice_name]
     remat = remat or default_remat
     unit = mesh[0] * mesh[1] * microbatches  # the batch must be a multiple of microbatches × data × fsdp
     batch = max((batch or RECIPES[recipe][3]) // unit, 1) * unit
     tried, best = [], None
     while len(tried) < max_tries and batch >= unit:
-        r = plan(recipe, slice_name, batch, mesh, remat, scan_layers, microbatches)
-        needs = re.search(r"needs ([\d.,]+ GiB)", r.get("error", ""))
-        tried.append((batch, r["fits"], round(r["seconds"]), needs.group(1) if needs else ""))
+        r = plan(recipe, slice_name, batch, mesh, remat, scan_layers, microbatches, attention)
+        needs = re.search(r"needs ([\d.,]+ GiB) of temporaries where a chip has ([\d.,]+ GiB) free", r.get("error", ""))
+        tried.append((batch, r["fits"], round(r["seconds"]), " of ".join(needs.groups()) if needs else ""))
         verdict = (f"fits, peak {r['memory_per_device']['peak'] / 2**30:.2f} GiB per chip" if r["fits"]
                    else f"does not fit ({tried[-1][3] or r['error'][:200]})")
         print(f"  {recipe} on {slice_name}, global batch {batch}: {verdict}; compiled in {tried[-1][2]} s",
@@ -108,11 +109,13 @@ def search(recipe: str, slice_name: str, max_tries: int, batch: int = 0, remat: 
 
 
 def row(recipe: str, slice_name: str, best: dict | None, tried: list, remat: str = "", scan_layers: bool = False,
-        microbatches: int = 1) -> str:
+        microbatches: int = 1, attention: str = "xla") -> str:
     mesh, default_remat = SLICES[slice_name]
     remat = ((remat or default_remat) + (", scanned layers" if scan_layers else "")
-             + (f", {microbatches} microbatches" if microbatches > 1 else ""))
-    attempts = ", ".join(f"{b} {'fits' if ok else f'needs {need} temporaries'} ({s} s)" for b, ok, s, need in tried)
+             + (f", {microbatches} microbatches" if microbatches > 1 else "")
+             + (f", {attention} attention" if attention != "xla" else ""))
+    attempts = ", ".join(f"{b} {'fits' if ok else f'needs {need} free for temporaries'} ({s} s)"
+                         for b, ok, s, need in tried)
     if best is None:
         return f"| {recipe} | {slice_name} | {mesh} | {remat} | < {min(t[0] for t in tried)} | | | | {attempts} |"
     m, e = best["memory_per_device"], best["estimate"]
@@ -132,6 +135,8 @@ def main() -> None:
                         help="run each UNet transformer's stack of blocks as one lax.scan (config.model.scan_layers)")
     parser.add_argument("--microbatches", type=int, default=1,
                         help="accumulate each gradient over this many microbatches (config.train.microbatches)")
+    parser.add_argument("--attention", default="xla", choices=("xla", "splash"),
+                        help="self-attention kernel (config.model.attention); splash pads head_dim to 128")
     parser.add_argument("--out", default="", help="also append the rows (markdown) and JSON reports here")
     args = parser.parse_args()
     logging.set_verbosity(logging.ERROR)
@@ -142,14 +147,16 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for recipe, slice_name in rows:
         best, tried = search(recipe, slice_name, args.max_tries, args.batch, args.remat, args.scan_layers,
-                             args.microbatches)
-        line = row(recipe, slice_name, best, tried, args.remat, args.scan_layers, args.microbatches)
+                             args.microbatches, args.attention)
+        line = row(recipe, slice_name, best, tried, args.remat, args.scan_layers, args.microbatches,
+                   args.attention)
         print(line, flush=True)
         if args.out:
             with open(args.out, "a") as f:
                 f.write(line + "\n")
             with open(args.out + ".jsonl", "a") as f:
                 f.write(json.dumps({"recipe": recipe, "slice": slice_name, "microbatches": args.microbatches,
+                                    "attention": args.attention,
                                     "tried": tried, "best": best},
                                    default=str) + "\n")
 
