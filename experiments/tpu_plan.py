@@ -4,7 +4,7 @@ ahead of time on a CPU host (`jaxdistill info --topology`; needs the libtpu extr
     pip install "jax[tpu]==$(python -c 'import jax; print(jax.__version__)')"
     python experiments/tpu_plan.py                      # every row (hours on a 2-core host)
     python experiments/tpu_plan.py --rows sid_lsg/sdxl/v5e-256 --batch 256 --max_tries 1 --scan_layers
-    python experiments/tpu_plan.py --rows sid_lsg/sd15/v5p-8 --batch 512 --max_tries 2 --attention splash
+    python experiments/tpu_plan.py --rows sid_lsg/sd15/v5p-8 --batch 512 --max_tries 1 --attention splash --microbatches 2
 
 The SDXL compile that fits took about 47 minutes and about 45 GB of host memory (RAM + swap) on
 a 2-core, 24 GiB machine, with `--scan_layers`; unrolled layers need more.
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 
@@ -65,8 +64,10 @@ def planning_config(recipe_file: str, architecture: str, resolution: int, mesh, 
 
 def plan(recipe: str, slice_name: str, batch: int, mesh, remat: str, scan_layers: bool = False,
          microbatches: int = 1, attention: str = "xla") -> dict:
-    """`info` of one configuration; {'fits': False, 'error': its message} when the compiler says it does not fit."""
+    """`info` of one configuration; {'fits': False, 'needs': bytes, 'free': bytes} (the compiler's
+    temporaries against a chip's free HBM) when the compiler says it does not fit."""
     from jaxdistill.commands.info import info
+    from jaxdistill.train import costs
     from jaxdistill.train.program import RunError
 
     path, arch, resolution, _ = RECIPES[recipe]
@@ -75,9 +76,11 @@ def plan(recipe: str, slice_name: str, batch: int, mesh, remat: str, scan_layers
     try:
         report = info(config, topology=slice_name, print_fn=lambda *_: None)
     except RunError as e:
-        if "does not fit" not in str(e):
+        short = costs.hbm_shortfall(e.__cause__) if e.__cause__ is not None else None
+        if short is None:
             raise
-        return {"fits": False, "batch": batch, "seconds": time.perf_counter() - start, "error": str(e)}
+        return {"fits": False, "batch": batch, "seconds": time.perf_counter() - start,
+                "needs": short[0], "free": short[1]}
     return {"fits": True, "batch": batch, "seconds": time.perf_counter() - start, **report}
 
 
@@ -90,10 +93,10 @@ def search(recipe: str, slice_name: str, max_tries: int, batch: int = 0, remat: 
     tried, best = [], None
     while len(tried) < max_tries and batch >= unit:
         r = plan(recipe, slice_name, batch, mesh, remat, scan_layers, microbatches, attention)
-        needs = re.search(r"needs ([\d.,]+ GiB) of temporaries where a chip has ([\d.,]+ GiB) free", r.get("error", ""))
-        tried.append((batch, r["fits"], round(r["seconds"]), " of ".join(needs.groups()) if needs else ""))
+        needs = "" if r["fits"] else f"{r['needs'] / 2**30:.2f} GiB of {r['free'] / 2**30:.2f} GiB"
+        tried.append((batch, r["fits"], round(r["seconds"]), needs))
         verdict = (f"fits, peak {r['memory_per_device']['peak'] / 2**30:.2f} GiB per chip" if r["fits"]
-                   else f"does not fit ({tried[-1][3] or r['error'][:200]})")
+                   else f"does not fit (needs {needs} free for temporaries)")
         print(f"  {recipe} on {slice_name}, global batch {batch}: {verdict}; compiled in {tried[-1][2]} s",
               file=sys.stderr, flush=True)
         if r["fits"]:
