@@ -34,6 +34,22 @@ def test_splash_with_padded_head_dim_equals_xla(head_dim):
         np.testing.assert_allclose(a, b, atol=5e-5)
 
 
+def test_splash_tiles():
+    """Up to 1024 tokens per tile for 16-bit inputs and 512 for 32-bit, dividing the sequence."""
+    assert [attn.splash_block(n, 2) for n in (128, 384, 1024, 1536, 4096)] == [128, 384, 1024, 768, 1024]
+    assert [attn.splash_block(n, 4) for n in (1024, 4096, 640)] == [512, 512, 128]
+
+
+def test_splash_over_several_tiles_equals_xla():
+    """float32 at 1024 tokens: two 512-token tiles of queries and of keys, forward and backward."""
+    q, k, v = _qkv(1, 1024, 1024, 1, 40)
+    splash = lambda q, k, v: attn._splash(q, k, v, False, interpret=True)  # noqa: E731
+    xla = lambda q, k, v: attn._xla(q, k, v, False)  # noqa: E731
+    np.testing.assert_allclose(splash(q, k, v), xla(q, k, v), atol=2e-5)
+    for a, b in zip(jax.grad(_loss(splash), argnums=(0, 1, 2))(q, k, v), jax.grad(_loss(xla), argnums=(0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
 @pytest.mark.parametrize("batch", [4, 3])  # 4 splits over data x fsdp = 2 x 2; 3 stays whole on each device
 def test_splash_over_a_mesh_equals_xla(batch):
     mesh = make_mesh((2, 2, 2), jax.devices()[:8])

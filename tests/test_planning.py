@@ -198,6 +198,60 @@ def test_loop_bodies_count_once_per_iteration():
     assert unknown.unknown_trip_counts == 1 and unknown.flops == 0  # counted once, and said so
 
 
+# Splash attention's kernels as the TPU compiler prints them (from a v5p compile of its gradient,
+# trimmed): the forward at top level with 1024-token tiles, the dkv kernel in a loop of 2 with
+# 512-token tiles, the dq kernel without metadata (the kernel's default tiles, 128).
+SPLASH_HLO = """
+%body (p: (s32[], bf16[2,2,4096,128], f32[2,2,8,4096])) -> (s32[], bf16[2,2,4096,128], f32[2,2,8,4096]) {
+  %p = (s32[], bf16[2,2,4096,128]{3,2,1,0}, f32[2,2,8,4096]{3,2,1,0}) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %q = bf16[2,2,4096,128]{3,2,1,0:T(8,128)(2,1)} get-tuple-element(%p), index=1
+  %lse = f32[2,2,8,4096]{3,2,1,0:T(8,128)} get-tuple-element(%p), index=2
+  %mask = s8[1,1,1]{2,1,0} constant({ { {1} } })
+  %splash_mha_dkv_no_residuals.1 = (f32[2,4096,128]{2,1,0:T(8,128)}, f32[2,4096,128]{2,1,0:T(8,128)}, bf16[2,2,4096,128]{3,2,1,0:T(8,128)(2,1)}, bf16[2,2,4096,128]{3,2,1,0:T(8,128)(2,1)}) custom-call(%mask, %mask, %q, %q, %q, /*index=5*/%lse, %q, %lse), custom_call_target="tpu_custom_call", operand_layout_constraints={s8[1,1,1]{2,1,0}, s8[1,1,1]{2,1,0}, bf16[2,2,4096,128]{3,2,1,0}, bf16[2,2,4096,128]{3,2,1,0}, bf16[2,2,4096,128]{3,2,1,0}, f32[2,2,8,4096]{3,2,1,0}, bf16[2,2,4096,128]{3,2,1,0}, f32[2,2,8,4096]{3,2,1,0}}, frontend_attributes={kernel_metadata={
+"xprof_metadata":"{\\"block_q_dkv\\": 512, \\"block_kv_dkv\\": 512, \\"block_kv_dkv_compute\\": 512, \\"q_layout\\": 1, \\"k_layout\\": 1, \\"v_layout\\": 1}"
+}}, metadata={op_name="jit(f)/splash_mha_dkv_no_residuals/splash_mha_dkv_no_residuals/pallas_call"}
+  %dk = bf16[2,2,4096,128]{3,2,1,0:T(8,128)(2,1)} get-tuple-element(%splash_mha_dkv_no_residuals.1), index=2
+  ROOT %t = (s32[], bf16[2,2,4096,128]{3,2,1,0}, f32[2,2,8,4096]{3,2,1,0}) tuple(%i, %dk, %lse)
+}
+
+%cond (p: (s32[], bf16[2,2,4096,128], f32[2,2,8,4096])) -> pred[] {
+  %p = (s32[], bf16[2,2,4096,128]{3,2,1,0}, f32[2,2,8,4096]{3,2,1,0}) parameter(0)
+  %bound = s32[] constant(2)
+  %i = s32[] get-tuple-element(%p), index=0
+  ROOT %lt = pred[] compare(%i, %bound), direction=LT
+}
+
+ENTRY %main (q: bf16[2,2,4096,128], lse: f32[2,2,8,4096]) -> bf16[2,2,4096,128] {
+  %q = bf16[2,2,4096,128]{3,2,1,0} parameter(0)
+  %lse = f32[2,2,8,4096]{3,2,1,0} parameter(1)
+  %mask = s8[1,1,1]{2,1,0} constant({ { {1} } })
+  %splash_mha_fwd_residuals.1 = (f32[2,4096,128]{2,1,0:T(8,128)}, bf16[2,2,4096,128]{3,2,1,0:T(8,128)(2,1)}, f32[2,2,4096,128]{3,2,1,0:T(8,128)}) custom-call(%mask, %mask, %q, %q, %q), custom_call_target="tpu_custom_call", operand_layout_constraints={s8[1,1,1]{2,1,0}, s8[1,1,1]{2,1,0}, bf16[2,2,4096,128]{3,2,1,0}, bf16[2,2,4096,128]{3,2,1,0}, bf16[2,2,4096,128]{3,2,1,0}}, frontend_attributes={kernel_metadata={
+"xprof_metadata":"{\\"block_q\\": 1024, \\"block_kv\\": 1024, \\"block_kv_compute\\": 1024, \\"block_q_dkv\\": 1024, \\"block_kv_dkv\\": 1024, \\"block_kv_dkv_compute\\": 1024, \\"block_q_dq\\": 1024, \\"block_kv_dq\\": 1024, \\"use_fused_bwd_kernel\\": false}"
+}}, metadata={op_name="jit(f)/splash_mha_fwd_residuals/splash_mha_fwd_residuals/pallas_call"}
+  %o = bf16[2,2,4096,128]{3,2,1,0} get-tuple-element(%splash_mha_fwd_residuals.1), index=1
+  %zero = s32[] constant(0)
+  %init = (s32[], bf16[2,2,4096,128]{3,2,1,0}, f32[2,2,8,4096]{3,2,1,0}) tuple(%zero, %o, %lse)
+  %loop = (s32[], bf16[2,2,4096,128]{3,2,1,0}, f32[2,2,8,4096]{3,2,1,0}) while(%init), condition=%cond, body=%body
+  %dk = bf16[2,2,4096,128]{3,2,1,0} get-tuple-element(%loop), index=1
+  %splash_mha_dq_no_residuals.1 = (f32[2,4096,128]{2,1,0:T(8,128)}, bf16[2,2,4096,128]{3,2,1,0:T(8,128)(2,1)}) custom-call(%mask, %mask, %dk, %q, %q, /*index=5*/%lse, %q, %lse), custom_call_target="tpu_custom_call"
+  ROOT %dq = bf16[2,2,4096,128]{3,2,1,0} get-tuple-element(%splash_mha_dq_no_residuals.1), index=1
+}
+"""
+
+
+def test_splash_kernels_are_counted_from_their_shapes_and_tiles():
+    """XLA sees no FLOPs in a Pallas kernel: `loop_costs` counts each splash call's matmuls
+    (forward 2, dq 3, dkv 2 + its 2 gradients, each 2·b·H·Lq·Lk·D FLOPs) on every loop iteration,
+    and the re-reads its tiles cost: K and V per 1024-query tile (forward) or per 128-query tile
+    (dq, no metadata), Q and dO per 512-key tile (dkv)."""
+    lc = costs.loop_costs(SPLASH_HLO, num_devices=4)
+    matmul, array = 2 * 2 * 2 * 4096 * 4096 * 128, 2 * 2 * 4096 * 128 * 2  # FLOPs; bytes of q, k, v or dO
+    assert lc.splash_calls == 1 + 2 + 1
+    assert lc.splash_flops == (2 + 2 * 4 + 3) * matmul
+    assert lc.splash_bytes == (4096 // 1024 - 1) * 2 * array + 2 * (4096 // 512 - 1) * 2 * array + (4096 // 128 - 1) * 2 * array
+
+
 def test_a_scanned_step_costs_what_the_unrolled_one_does():
     """Compiled on the CPU: a scan of 10 matmul layers (value and gradient) against the same
     program unrolled, whose cost analysis sees every layer."""
@@ -251,6 +305,25 @@ def test_a_step_compiles_for_a_tpu_slice_without_one():
     report = info(config, topology="v5e:2x2", print_fn=lambda *_: None)
     assert report["devices"].startswith("4 × TPU v5 lite (v5e:2x2, v5e-4)")
     assert report["estimate"]["images_per_s"] > 0 and report["estimate"]["binds"] in ("compute", "hbm", "ici")
+
+
+@pytest.mark.skipif(not _has_libtpu(), reason="needs the libtpu extra: pip install \"jax[tpu]==<jax version>\"")
+def test_splash_attention_compiled_for_a_tpu_slice_is_counted():
+    """The gradient of splash attention compiled for a v5e:2x2: XLA's cost analysis sees almost
+    none of its FLOPs; `step_cost` counts the forward, dq and dkv kernels' (4 + 6 + 8)·H·L²·D per
+    example, head_dim padded from 40 to 128."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    from jaxdistill.models import attention, target
+
+    mesh = Mesh(np.array(tpu.devices(tpu.parse("v5e:2x2"))), ("fsdp",))
+    qkv = [jax.ShapeDtypeStruct((8, 2048, 2, 40), jnp.bfloat16, sharding=NamedSharding(mesh, P("fsdp")))] * 3
+    loss = lambda q, k, v: attention.attention(q, k, v, impl="splash").astype(jnp.float32).sum()  # noqa: E731
+    with target.compiling_for(mesh):
+        compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(*qkv).compile()
+    step, expected = costs.step_cost(compiled, 4), (4 + 6 + 8) * 2 * 2 * 2048 * 2048 * 128  # 2 examples per chip
+    assert step.splash_calls == 3 and step.splash_flops == expected
+    assert compiled.cost_analysis()["flops"] < 0.01 * expected < step.flops
 
 
 @pytest.mark.heavy

@@ -91,6 +91,8 @@ def info(config, *, topology: str = "", num_prompts: int = 1024, print_fn=print)
         "collective_bytes_per_device": step.collectives,
         "memory_per_device": {**step.memory, "peak": step.peak_bytes},
         "loops_counted_once": step.unknown_trip_counts,
+        "splash_calls": step.splash_calls,
+        "splash_flops_per_device": step.splash_flops,
     }
     if chip is not None:
         times = step.times(chip)
@@ -116,6 +118,10 @@ def _print(report: dict, job, d, print_fn) -> None:
     if report["loops_counted_once"]:
         print_fn(f"note: {report['loops_counted_once']} loop(s) in the compiled step have no trip count jaxdistill "
                  "could read; their bodies are counted once in FLOPs, bytes and collectives (an underestimate)")
+    if report["splash_calls"]:
+        print_fn(f"of which splash attention: {report['splash_calls']:,} kernel calls, "
+                 f"{report['splash_flops_per_device']:,.0f} FLOPs, counted from their shapes (XLA sees none in a "
+                 "Pallas kernel)")
     sent = [f"{k} {_gib(v)}" for k, v in report["collective_bytes_per_device"].items() if v]
     print_fn("collective bytes sent per device: " + (", ".join(sent) or "none"))
     print_fn("memory per device: " + ", ".join(f"{k} {_gib(v)}" for k, v in report["memory_per_device"].items()))

@@ -9,7 +9,9 @@ a chip's published rates imply (`jaxdistill info`).
   (dots, convolutions, elementwise ops, reductions, as XLA counts them) and the kernels'
   operand and result bytes of every `while` body in the optimised HLO, times its trip count
   less one. The critic updates (`lax.scan` over n_critic) and scanned UNet layers
-  (`model.scan_layers`) are such loops.
+  (`model.scan_layers`) are such loops. XLA sees no FLOPs in a Pallas kernel: the
+  splash-attention kernels' matmul FLOPs and their tiles' re-reads of K and V are counted from
+  their operand shapes (`splash_costs`).
 - collectives: every all-reduce, all-gather, reduce-scatter, all-to-all and collective-permute
   in the optimised per-device HLO, times the trip counts of the loops it sits in, with the bytes
   one device sends in a ring over its replica group of n devices: all-reduce 2·S·(n−1)/n,
@@ -129,6 +131,10 @@ def _parse(hlo_text: str) -> tuple[dict, str]:
             current[0].append(_Instr(m.group(2), m.group(3), m.group(4), re.findall(r"%([\w.\-]+)", operands), attrs,
                                      operands, line, bool(m.group(1))))
             current[1][m.group(2)] = m.group(3)
+        elif line.strip() == "}":
+            current = None
+        elif current is not None and current[0]:  # an attribute that spans lines (a kernel's metadata)
+            current[0][-1].attrs += "\n" + line
     return comps, entry
 
 
@@ -255,31 +261,82 @@ def _trip_count(ins: _Instr, comps: dict) -> int | None:
 
 @dataclasses.dataclass
 class LoopCosts:
-    """What XLA's cost analysis leaves out of a program with loops, which it counts once."""
+    """What XLA's cost analysis leaves out: the iterations of a loop after the first (it counts
+    a body once), and the splash-attention kernels (it sees no FLOPs in a Pallas kernel)."""
     flops: float  # FLOPs (as XLA counts them) of every loop iteration after the first
     bytes_accessed: float  # operand + result bytes of those iterations' kernels
     collectives: dict  # bytes sent per device, by kind, every iteration counted
     unknown_trip_counts: int  # loops whose trip count could not be read, counted once
+    splash_flops: float = 0.0  # the splash kernels' FLOPs, every call counted (`splash_costs`)
+    splash_bytes: float = 0.0  # their HBM re-reads of K, V (or Q, dO) beyond one read of each operand
+    splash_calls: float = 0.0  # splash kernel calls, every iteration counted
 
 
 def _bytes(type_text: str) -> int:
     return sum(_array_bytes(type_text))
 
 
+_SPLASH = re.compile(r"splash_mq?h?a_(fwd|dq|dkv)")
+
+
+def _tile(attrs: str, key: str) -> int:
+    """A splash kernel's tile size from its `xprof_metadata` (jax writes its BlockSizes there),
+    else the kernel's default, 128."""
+    m = re.search(rf'\b{key}\\?"\s*:\s*(\d+)', attrs)
+    return int(m.group(1)) if m else 128
+
+
+def splash_costs(ins: _Instr, types: dict) -> tuple[float, float] | None:
+    """(FLOPs, HBM bytes re-read) of one call of a Pallas splash-attention kernel
+    (`jax.experimental.pallas.ops.tpu.splash_attention`: a `tpu_custom_call` named
+    splash_mha_fwd…, …_dq… or …_dkv…), else None. XLA's cost analysis counts such a call's
+    operands and results once and none of its FLOPs.
+
+    With q [b, H, Lq, D] and k [b, H, Lk, D] (its first two rank-4 operands), each kernel does
+    matmuls of 2·b·H·Lq·Lk·D FLOPs: the forward 2 (q·kᵀ, p·v), the dq kernel 3 (q·kᵀ and dO·vᵀ
+    again, then dS·k) and the dkv kernel 2 + one per gradient it writes (dk, dv, and dq when
+    fused). That is a full mask, as jaxdistill's UNets use; a causal one skips about half. The
+    forward and dq kernels read all of k and v once per query tile, the dkv kernel q and dO once
+    per key tile (tiles from the kernel's metadata), so each re-reads those Lq/bq − 1 or
+    Lk/bk − 1 more times (dO taken as q's size)."""
+    kind = _SPLASH.search(ins.name) if ins.op == "custom-call" and "tpu_custom_call" in ins.attrs else None
+    arrays = [t for t in (types.get(o, "") for o in ins.operands) if len(_shape(t)) == 4]
+    if kind is None or len(arrays) < 2:
+        return None
+    (b, h, lq, d), lk = _shape(arrays[0]), _shape(arrays[1])[2]
+    grads = sum(1 for t in re.findall(r"[a-z]+\d*\[[\d,]*\]", ins.type) if len(_shape(t)) == 4)
+    phase = kind.group(1)
+    matmuls = {"fwd": 2, "dq": 3, "dkv": 2 + grads}[phase]
+    if phase == "dkv":
+        reread = (lk // _tile(ins.attrs, "block_kv_dkv") - 1) * 2 * _bytes(arrays[0])
+    else:
+        reread = (lq // _tile(ins.attrs, "block_q" if phase == "fwd" else "block_q_dq") - 1) * 2 * _bytes(arrays[1])
+    return 2.0 * matmuls * b * h * lq * lk * d, float(max(reread, 0))
+
+
 def loop_costs(hlo_text: str, num_devices: int) -> LoopCosts:
     """`LoopCosts` of an optimised per-device HLO text: each computation's dots, convolutions,
-    kernels and collectives, summed over the call graph (fusions, calls, async wrappers and
-    while bodies), once with every loop run once and once with its trip count."""
+    kernels, collectives and splash-attention kernels, summed over the call graph (fusions,
+    calls, async wrappers and while bodies), once with every loop run once and once with its
+    trip count."""
     comps, entry = _parse(hlo_text)
     unknown = set()
-    own = {}  # computation: (FLOPs, kernel bytes, collective bytes by kind, [(callee, kind, trip count)])
+    # computation: (FLOPs, kernel bytes, what is counted on every call: collective bytes by kind
+    # and the splash kernels' costs, [(callee, kind, trip count)])
+    own = {}
     for name, (instrs, types) in comps.items():
-        flops, traffic, sent, calls = 0.0, 0.0, dict.fromkeys(COLLECTIVES, 0.0), []
+        flops, traffic, calls = 0.0, 0.0, []
+        counted = dict.fromkeys(COLLECTIVES + ("splash_flops", "splash_bytes", "splash_calls"), 0.0)
         for ins in instrs:
             flops += _flops(ins, types)
             found = _collective(ins.line, num_devices) if ins.op.startswith(COLLECTIVES) else None
             if found:
-                sent[found[0]] += found[1]
+                counted[found[0]] += found[1]
+            splash = splash_costs(ins, types) if ins.op == "custom-call" else None
+            if splash:
+                counted["splash_flops"] += splash[0]
+                counted["splash_bytes"] += splash[1]
+                counted["splash_calls"] += 1
             if ins.op == "fusion":
                 traffic += _fusion_traffic(ins, comps, types)
             elif ins.op not in _NO_TRAFFIC and not ins.op.endswith("-done"):
@@ -297,7 +354,7 @@ def loop_costs(hlo_text: str, num_devices: int) -> LoopCosts:
                 calls += [(c, "call", 1) for c in callees]
             else:  # fusions and async wrappers: their insides are one kernel, counted above
                 calls += [(c, "kernel", 1) for c in re.findall(r"calls=%([\w.\-]+)", ins.attrs)]
-        own[name] = (flops, traffic, sent, calls)
+        own[name] = (flops, traffic, counted, calls)
 
     memo = {}
 
@@ -305,20 +362,23 @@ def loop_costs(hlo_text: str, num_devices: int) -> LoopCosts:
         key = (name, trips, kernels)
         if key not in memo:
             memo[key] = (0.0, 0.0, {})  # a cycle (none in valid HLO) adds nothing
-            flops, traffic, sent, calls = own.get(name, (0.0, 0.0, {}, []))
-            traffic, sent = traffic if kernels else 0.0, dict(sent)
+            flops, traffic, counted, calls = own.get(name, (0.0, 0.0, {}, []))
+            traffic, counted = traffic if kernels else 0.0, dict(counted)
             for callee, kind, n in calls:
                 times = n if trips and kind == "loop" else 1
                 f, b, c = total(callee, trips, kernels and kind != "kernel")
                 flops, traffic = flops + times * f, traffic + times * b
                 for k, v in c.items():
-                    sent[k] += times * v
-            memo[key] = (flops, traffic, sent)
+                    counted[k] += times * v
+            memo[key] = (flops, traffic, counted)
         return memo[key]
 
     once, full = total(entry, False, True), total(entry, True, True)
-    return LoopCosts(flops=full[0] - once[0], bytes_accessed=full[1] - once[1], collectives=full[2],
-                     unknown_trip_counts=len(unknown))
+    every = full[2]
+    return LoopCosts(flops=full[0] - once[0], bytes_accessed=full[1] - once[1],
+                     collectives={k: every.get(k, 0.0) for k in COLLECTIVES}, unknown_trip_counts=len(unknown),
+                     splash_flops=every.get("splash_flops", 0.0), splash_bytes=every.get("splash_bytes", 0.0),
+                     splash_calls=every.get("splash_calls", 0.0))
 
 
 @dataclasses.dataclass
@@ -328,6 +388,8 @@ class StepCost:
     memory: dict  # per device: argument, output, temp, alias, generated_code
     collectives: dict  # bytes sent per device, by kind
     unknown_trip_counts: int = 0  # loops counted once because their trip count was not read
+    splash_calls: int = 0  # splash-attention kernel calls, their FLOPs counted by `splash_costs`
+    splash_flops: float = 0.0  # of `flops`
 
     @property
     def peak_bytes(self) -> int:
@@ -350,9 +412,10 @@ def step_cost(compiled, num_devices: int) -> StepCost:
     memory = {name: int(getattr(mem, f"{name}_size_in_bytes"))
               for name in ("argument", "output", "temp", "alias", "generated_code")}
     loops = loop_costs(compiled.as_text(), num_devices)
-    return StepCost(flops=float(cost.get("flops", 0.0)) + loops.flops,
-                    bytes_accessed=float(cost.get("bytes accessed", 0.0)) + loops.bytes_accessed,
-                    memory=memory, collectives=loops.collectives, unknown_trip_counts=loops.unknown_trip_counts)
+    return StepCost(flops=float(cost.get("flops", 0.0)) + loops.flops + loops.splash_flops,
+                    bytes_accessed=float(cost.get("bytes accessed", 0.0)) + loops.bytes_accessed + loops.splash_bytes,
+                    memory=memory, collectives=loops.collectives, unknown_trip_counts=loops.unknown_trip_counts,
+                    splash_calls=int(loops.splash_calls), splash_flops=loops.splash_flops)
 
 
 def hbm_shortfall(error: Exception) -> tuple[int, int] | None:
