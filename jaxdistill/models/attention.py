@@ -79,8 +79,8 @@ def splash_block(length: int, itemsize: int) -> int:
     for 16-bit inputs and 512 otherwise (MaxDiffusion's rule, `max_block_size` in its
     `_tpu_flash_attention`). Every query tile reads all of K and V, so a tile of b queries
     does about b FLOPs per byte moved from HBM: the kernel's default 128 is under a v5p's
-    166 (459 TFLOP/s over 2.77 TB/s), 1024 is well above it. `jaxdistill.train.costs` counts
-    the kernel's HBM traffic with the same tiles."""
+    166 (459 TFLOP/s over 2.77 TB/s), 1024 is well above it. `jaxdistill.train.costs` reads
+    the tiles back from the compiled kernel's metadata."""
     block = 1024 if itemsize <= 2 else 512
     return next(b for b in range(min(block, length), 0, -128) if length % b == 0)
 
