@@ -300,8 +300,8 @@ def splash_costs(ins: _Instr, types: dict) -> tuple[float, float] | None:
     per key tile (tiles from the kernel's metadata), so each re-reads those Lq/bq − 1 or
     Lk/bk − 1 more times (dO taken as q's size)."""
     kind = _SPLASH.search(ins.name) if ins.op == "custom-call" and "tpu_custom_call" in ins.attrs else None
-    arrays = [t for t in (types.get(o, "") for o in ins.operands) if len(_shape(t)) == 4]
-    if kind is None or len(arrays) < 2:
+    arrays = [t for t in (types.get(o, "") for o in ins.operands) if len(_shape(t)) == 4] if kind else []
+    if len(arrays) < 2:
         return None
     (b, h, lq, d), lk = _shape(arrays[0]), _shape(arrays[1])[2]
     grads = sum(1 for t in re.findall(r"[a-z]+\d*\[[\d,]*\]", ins.type) if len(_shape(t)) == 4)
@@ -332,7 +332,7 @@ def loop_costs(hlo_text: str, num_devices: int) -> LoopCosts:
             found = _collective(ins.line, num_devices) if ins.op.startswith(COLLECTIVES) else None
             if found:
                 counted[found[0]] += found[1]
-            splash = splash_costs(ins, types) if ins.op == "custom-call" else None
+            splash = splash_costs(ins, types)
             if splash:
                 counted["splash_flops"] += splash[0]
                 counted["splash_bytes"] += splash[1]
