@@ -198,6 +198,21 @@ def test_loop_bodies_count_once_per_iteration():
     assert unknown.unknown_trip_counts == 1 and unknown.flops == 0  # counted once, and said so
 
 
+def test_traffic_is_filed_by_kernel_kind_and_scope_every_run_counted():
+    """Each kernel's bytes, times the trips of the loops it sits in, go to its kind (the fused
+    convolution: a matmul) and to the first named scope in the JAX operation it came from."""
+    hlo = LOOP_HLO.replace("calls=%fused_dot", 'calls=%fused_dot, metadata={op_name="jit(step)/while/body/'
+                           'critic_update/transpose(jvp(critic_update))/dot_general"}')
+    lc = costs.loop_costs(hlo, num_devices=8, scopes=("critic_update", "generator_update"))
+    fusion, gather = 64 * 256 * 4 + 256 * 256 * 4 + 4 + 64 * 256 * 4, 2 * 64 * 256 * 4
+    assert lc.traffic_by_kind["matmuls and convolutions"] == 10 * fusion
+    assert lc.traffic_by_kind["collectives"] == 10 * gather + 2 * 64 * 256 * 4  # the all-reduce after the loop
+    assert lc.traffic_by_scope == {"critic_update": 10 * fusion, "generator_update": 0.0, "other": 10 * gather + gather}
+    top = lc.top_kernels[0]
+    assert (top.bytes, top.calls, top.kind, top.type) == (10 * fusion, 10, "matmuls and convolutions", "f32[64,256]")
+    assert top.op_name.endswith("critic_update))/dot_general")
+
+
 # Splash attention's kernels as the TPU compiler prints them (from a v5p compile of its gradient,
 # trimmed): the forward at top level with 1024-token tiles, the dkv kernel in a loop of 2 with
 # 512-token tiles, the dq kernel without metadata (the kernel's default tiles, 128).
@@ -270,15 +285,22 @@ def test_a_scanned_step_costs_what_the_unrolled_one_does():
 
 def test_every_critic_update_is_counted():
     """DMD2's critic updates run as a lax.scan; the planner counts each of them: every two more
-    updates add the same FLOPs."""
-    flops = []
+    updates add the same FLOPs, and the same bytes filed under the critic updates. The traffic
+    filed by kernel kind adds up to the step's bytes accessed (XLA's count of the first
+    iteration, jaxdistill's of the others)."""
+    flops, critic_bytes = [], []
     for n in (3, 5, 7):
         config = mixture_config("dmd2", "tiny")
         config.optim.n_critic = n
         report = info(config, print_fn=lambda *_: None)
         assert report["loops_counted_once"] == 0
         flops.append(report["step_flops_per_device"])
+        critic_bytes.append(report["hbm_traffic_by_scope"]["critic_update"])
+        filed = sum(report["hbm_traffic_by_kind"].values())
+        assert abs(filed / report["step_bytes_accessed_per_device"] - 1) < 0.05
+        assert filed == sum(report["hbm_traffic_by_scope"].values())
     assert flops[1] - flops[0] == flops[2] - flops[1] > 0.25 * flops[0]
+    assert critic_bytes[1] - critic_bytes[0] == critic_bytes[2] - critic_bytes[1] > 0
 
 
 def test_an_out_of_memory_compile_error_is_read():

@@ -19,6 +19,7 @@ else `--num_prompts` rows.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -30,6 +31,7 @@ from jaxdistill.commands._app import run
 from jaxdistill.train import costs
 from jaxdistill.train import topology as tpu
 from jaxdistill.train.program import RunError, build_run
+from jaxdistill.train.step import UPDATE_SCOPES
 
 
 def _count(tree) -> int:
@@ -74,7 +76,7 @@ def info(config, *, topology: str = "", num_prompts: int = 1024, print_fn=print)
                        "chips (--config.mesh.shape with a larger fsdp axis) or save memory with "
                        "--config.model.remat.") from e
     n = len(d.mesh.devices.flat)
-    step = costs.step_cost(compiled, n)
+    step = costs.step_cost(compiled, n, scopes=UPDATE_SCOPES)
     report = {
         "devices": f"{n} × {d.mesh.devices.flat[0].device_kind}" + (f" ({slice_.name}, {slice_.slice_name})"
                                                                        if topology else ""),
@@ -93,6 +95,9 @@ def info(config, *, topology: str = "", num_prompts: int = 1024, print_fn=print)
         "loops_counted_once": step.unknown_trip_counts,
         "splash_calls": step.splash_calls,
         "splash_flops_per_device": step.splash_flops,
+        "hbm_traffic_by_kind": step.traffic_by_kind,
+        "hbm_traffic_by_scope": step.traffic_by_scope,
+        "top_kernels_by_traffic": [dataclasses.asdict(k) for k in step.top_kernels],
     }
     if chip is not None:
         times = step.times(chip)
@@ -122,6 +127,16 @@ def _print(report: dict, job, d, print_fn) -> None:
         print_fn(f"of which splash attention: {report['splash_calls']:,} kernel calls, "
                  f"{report['splash_flops_per_device']:,.0f} FLOPs, counted from their shapes (XLA sees none in a "
                  "Pallas kernel)")
+    traffic = report["hbm_traffic_by_kind"]
+    whole = sum(traffic.values()) or 1.0
+    print_fn("HBM traffic per device by kernel kind (jaxdistill's count of every kernel run): " + ", ".join(
+        f"{k} {_gib(v)} ({100 * v / whole:.0f}%)" for k, v in sorted(traffic.items(), key=lambda kv: -kv[1]) if v))
+    by_scope = report["hbm_traffic_by_scope"]
+    print_fn("  by where it runs: " + ", ".join(f"{k.replace('_', ' ')}s {_gib(v)} ({100 * v / whole:.0f}%)"
+                                                if k in UPDATE_SCOPES else f"{k} {_gib(v)} ({100 * v / whole:.0f}%)"
+                                                for k, v in by_scope.items()))
+    for k in report["top_kernels_by_traffic"][:5]:
+        print_fn(f"  {_gib(k['bytes'])} in {k['calls']:,} run(s): {k['kind']}, {k['type'][:80]}, from {k['op_name'][:120]}")
     sent = [f"{k} {_gib(v)}" for k, v in report["collective_bytes_per_device"].items() if v]
     print_fn("collective bytes sent per device: " + (", ".join(sent) or "none"))
     print_fn("memory per device: " + ", ".join(f"{k} {_gib(v)}" for k, v in report["memory_per_device"].items()))

@@ -270,6 +270,19 @@ class LoopCosts:
     splash_flops: float = 0.0  # the splash kernels' FLOPs, every call counted (`splash_costs`)
     splash_bytes: float = 0.0  # their HBM re-reads of K, V (or Q, dO) beyond one read of each operand
     splash_calls: float = 0.0  # splash kernel calls, every iteration counted
+    traffic_by_kind: dict = dataclasses.field(default_factory=dict)  # kernel bytes by `_kernel_kind`, every call
+    top_kernels: list = dataclasses.field(default_factory=list)  # `TrafficKernel`s with the most bytes, every call
+    traffic_by_scope: dict = dataclasses.field(default_factory=dict)  # kernel bytes by the `scopes` they came from
+
+
+@dataclasses.dataclass
+class TrafficKernel:
+    """One kernel of the optimised HLO and the HBM bytes it moves in a step."""
+    bytes: float  # operand + result bytes (a splash kernel's re-reads included), times `calls`
+    calls: int  # how often it runs in a step: the trip counts of the loops it sits in
+    kind: str  # `_kernel_kind`
+    type: str  # its result type
+    op_name: str  # the JAX operation it came from (the HLO's metadata)
 
 
 def _bytes(type_text: str) -> int:
@@ -314,18 +327,44 @@ def splash_costs(ins: _Instr, types: dict) -> tuple[float, float] | None:
     return 2.0 * matmuls * b * h * lq * lk * d, float(max(reread, 0))
 
 
-def loop_costs(hlo_text: str, num_devices: int) -> LoopCosts:
+KERNEL_KINDS = ("matmuls and convolutions", "splash attention", "elementwise", "reductions", "slices and updates",
+                "copies and transposes", "collectives", "other")
+
+
+def _kernel_kind(ins: _Instr, comps: dict) -> str:
+    """Which of `KERNEL_KINDS` a kernel is, from its op or, for a fusion, the ops fused in it."""
+    callee = re.search(r"calls=%([\w.\-]+)", ins.attrs) if ins.op == "fusion" else None
+    ops = {i.op for i in comps.get(callee.group(1), ([], {}))[0]} if callee else {ins.op}
+    if ins.op.startswith(COLLECTIVES) or ops & set(COLLECTIVES):
+        return "collectives"
+    if ins.op == "custom-call":
+        return "splash attention" if _SPLASH.search(ins.name) else "other"
+    if ops & {"convolution", "dot"}:
+        return "matmuls and convolutions"
+    if ops & {"dynamic-update-slice", "dynamic-slice", "slice", "concatenate", "pad", "gather", "scatter"}:
+        return "slices and updates"
+    if ops & {"reduce", "reduce-window", "select-and-scatter"}:
+        return "reductions"
+    if ops <= {"parameter", "copy", "transpose", "bitcast", "tuple", "get-tuple-element", "broadcast", "reshape"}:
+        return "copies and transposes"
+    return "elementwise"
+
+
+def loop_costs(hlo_text: str, num_devices: int, top: int = 10, scopes: tuple = ()) -> LoopCosts:
     """`LoopCosts` of an optimised per-device HLO text: each computation's dots, convolutions,
     kernels, collectives and splash-attention kernels, summed over the call graph (fusions,
     calls, async wrappers and while bodies), once with every loop run once and once with its
-    trip count."""
+    trip count. Every kernel's bytes, times the trip counts of the loops it sits in, are also
+    summed by `_kernel_kind` (`traffic_by_kind`) and by the first of the name `scopes` in the JAX
+    operation it came from, "other" if none (`traffic_by_scope`); the `top` kernels with the most
+    bytes are listed."""
     comps, entry = _parse(hlo_text)
     unknown = set()
     # computation: (FLOPs, kernel bytes, what is counted on every call: collective bytes by kind
     # and the splash kernels' costs, [(callee, kind, trip count)])
-    own = {}
+    own, kernels = {}, {}
     for name, (instrs, types) in comps.items():
-        flops, traffic, calls = 0.0, 0.0, []
+        flops, traffic, calls, kernels[name] = 0.0, 0.0, [], []
         counted = dict.fromkeys(COLLECTIVES + ("splash_flops", "splash_bytes", "splash_calls"), 0.0)
         for ins in instrs:
             flops += _flops(ins, types)
@@ -337,10 +376,14 @@ def loop_costs(hlo_text: str, num_devices: int) -> LoopCosts:
                 counted["splash_flops"] += splash[0]
                 counted["splash_bytes"] += splash[1]
                 counted["splash_calls"] += 1
+            moved = 0.0
             if ins.op == "fusion":
-                traffic += _fusion_traffic(ins, comps, types)
+                moved = _fusion_traffic(ins, comps, types)
             elif ins.op not in _NO_TRAFFIC and not ins.op.endswith("-done"):
-                traffic += _bytes(ins.type) + sum(_bytes(types.get(o, "")) for o in ins.operands)
+                moved = _bytes(ins.type) + sum(_bytes(types.get(o, "")) for o in ins.operands)
+            traffic += moved
+            if moved or splash:
+                kernels[name].append((moved + (splash[1] if splash else 0.0), ins))
             if ins.op == "while":
                 body = re.search(r"body=%([\w.\-]+)", ins.attrs)
                 n = _trip_count(ins, comps)
@@ -373,12 +416,35 @@ def loop_costs(hlo_text: str, num_devices: int) -> LoopCosts:
             memo[key] = (flops, traffic, counted)
         return memo[key]
 
+    runs = {}  # computation: how often it runs in a step (kernels' insides are counted at the kernel)
+
+    def visit(name: str, times: int) -> None:
+        runs[name] = runs.get(name, 0) + times
+        for callee, kind, n in own.get(name, (0.0, 0.0, {}, []))[3]:
+            if kind != "kernel":
+                visit(callee, times * (n if kind == "loop" else 1))
+
+    visit(entry, 1)
+    by_kind, by_scope, found = dict.fromkeys(KERNEL_KINDS, 0.0), dict.fromkeys(scopes + ("other",), 0.0), []
+    scope = re.compile(r"(?:^|/)(" + "|".join(map(re.escape, scopes)) + r")(?:/|$)") if scopes else None
+    for name, times in runs.items():
+        for moved, ins in kernels[name]:
+            kind = _kernel_kind(ins, comps)
+            by_kind[kind] += times * moved
+            op_name = re.search(r'op_name="([^"]*)"', ins.attrs)
+            op_name = op_name.group(1) if op_name else ins.name
+            within = scope.search(op_name) if scope else None
+            by_scope[within.group(1) if within else "other"] += times * moved
+            found.append(TrafficKernel(times * moved, times, kind, ins.type.split("{")[0], op_name))
+    found.sort(key=lambda k: -k.bytes)
+
     once, full = total(entry, False, True), total(entry, True, True)
     every = full[2]
     return LoopCosts(flops=full[0] - once[0], bytes_accessed=full[1] - once[1],
                      collectives={k: every.get(k, 0.0) for k in COLLECTIVES}, unknown_trip_counts=len(unknown),
                      splash_flops=every.get("splash_flops", 0.0), splash_bytes=every.get("splash_bytes", 0.0),
-                     splash_calls=every.get("splash_calls", 0.0))
+                     splash_calls=every.get("splash_calls", 0.0), traffic_by_kind=by_kind, top_kernels=found[:top],
+                     traffic_by_scope=by_scope)
 
 
 @dataclasses.dataclass
@@ -390,6 +456,9 @@ class StepCost:
     unknown_trip_counts: int = 0  # loops counted once because their trip count was not read
     splash_calls: int = 0  # splash-attention kernel calls, their FLOPs counted by `splash_costs`
     splash_flops: float = 0.0  # of `flops`
+    traffic_by_kind: dict = dataclasses.field(default_factory=dict)  # jaxdistill's own count (`loop_costs`)
+    top_kernels: list = dataclasses.field(default_factory=list)  # `TrafficKernel`s
+    traffic_by_scope: dict = dataclasses.field(default_factory=dict)  # jaxdistill's own count (`loop_costs`)
 
     @property
     def peak_bytes(self) -> int:
@@ -404,18 +473,21 @@ class StepCost:
                 "binds": max(terms, key=terms.get)}
 
 
-def step_cost(compiled, num_devices: int) -> StepCost:
-    """The `StepCost` of a compiled (per-device, SPMD-partitioned) step."""
+def step_cost(compiled, num_devices: int, scopes: tuple = ()) -> StepCost:
+    """The `StepCost` of a compiled (per-device, SPMD-partitioned) step, its HBM traffic also
+    filed under the name `scopes` its kernels came from."""
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     mem = compiled.memory_analysis()
     memory = {name: int(getattr(mem, f"{name}_size_in_bytes"))
               for name in ("argument", "output", "temp", "alias", "generated_code")}
-    loops = loop_costs(compiled.as_text(), num_devices)
+    loops = loop_costs(compiled.as_text(), num_devices, scopes=scopes)
     return StepCost(flops=float(cost.get("flops", 0.0)) + loops.flops + loops.splash_flops,
                     bytes_accessed=float(cost.get("bytes accessed", 0.0)) + loops.bytes_accessed + loops.splash_bytes,
                     memory=memory, collectives=loops.collectives, unknown_trip_counts=loops.unknown_trip_counts,
-                    splash_calls=int(loops.splash_calls), splash_flops=loops.splash_flops)
+                    splash_calls=int(loops.splash_calls), splash_flops=loops.splash_flops,
+                    traffic_by_kind=loops.traffic_by_kind, top_kernels=loops.top_kernels,
+                    traffic_by_scope=loops.traffic_by_scope)
 
 
 def hbm_shortfall(error: Exception) -> tuple[int, int] | None:

@@ -100,6 +100,11 @@ def split_networks(generator: nnx.Module, critic: nnx.Module, head: nnx.Module |
     return Networks(g_def, c_def, h_def, teacher_apply), nnx.to_pure_dict(g_params), critic_params
 
 
+# The name scopes of a critic and a generator update in the compiled step's HLO metadata
+# (`costs.loop_costs` files each kernel's traffic under them).
+UPDATE_SCOPES = ("critic_update", "generator_update")
+
+
 def _sanitize(grads):
     return jax.tree.map(lambda g: jnp.nan_to_num(g, nan=0.0, posinf=1e5, neginf=-1e5), grads)
 
@@ -283,8 +288,9 @@ def make_train_step(
             grads, metrics = jax.grad(critic_loss, has_aux=True)(params, teacher_params, sg(x_g), cond, uncond, key)
             return grads, metrics, None
 
-        grads, metrics, _ = _microbatched(grads_of, microbatches)(critic_params, key, samples)
-        critic_params, critic_opt, m = _apply_update(critic_tx, critic_params, critic_opt, grads, "critic")
+        with jax.named_scope(UPDATE_SCOPES[0]):
+            grads, metrics, _ = _microbatched(grads_of, microbatches)(critic_params, key, samples)
+            critic_params, critic_opt, m = _apply_update(critic_tx, critic_params, critic_opt, grads, "critic")
         return critic_params, critic_opt, {**metrics, **m}
 
     def fresh_critic_update(gen_params, teacher_params, k, carry, key):
@@ -299,8 +305,9 @@ def make_train_step(
                 params, critic_params, teacher_params, key, k)
             return grads, metrics, (x_g, cond, uncond)
 
-        grads, metrics, samples = _microbatched(grads_of, microbatches)(state.gen, key, None)
-        gen, gen_opt, m = _apply_update(gen_tx, state.gen, state.gen_opt, grads, "gen")
+        with jax.named_scope(UPDATE_SCOPES[1]):
+            grads, metrics, samples = _microbatched(grads_of, microbatches)(state.gen, key, None)
+            gen, gen_opt, m = _apply_update(gen_tx, state.gen, state.gen_opt, grads, "gen")
         return gen, gen_opt, {**metrics, **m}, samples
 
     def critic_phase(gen_params, critic_params, critic_opt, teacher_params, keys, k):
