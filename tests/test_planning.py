@@ -213,6 +213,20 @@ def test_traffic_is_filed_by_kernel_kind_and_scope_every_run_counted():
     assert top.op_name.endswith("critic_update))/dot_general")
 
 
+def test_traffic_counts_the_tiles_a_tpu_layout_pads_to():
+    """A TPU layout stores its two minor-most dimensions (in minor-to-major order) in 8 × 128
+    tiles: a [64, 64, 4] latent with channels minor moves 32× its elements, with rows minor 2×."""
+    def moved(layout: str) -> float:
+        hlo = ("ENTRY %main (x: f32[64,64,4]) -> f32[64,64,4] {\n"
+               f"  %x = f32[64,64,4]{{{layout}}} parameter(0)\n"
+               f"  ROOT %y = f32[64,64,4]{{{layout}}} negate(%x)\n}}\n")
+        return costs.loop_costs(hlo, num_devices=1).traffic_by_kind["elementwise"]
+
+    assert moved("2,1,0") == 2 * 64 * 64 * 4 * 4  # no tiles: its elements
+    assert moved("2,1,0:T(8,128)") == 2 * 64 * 64 * 128 * 4
+    assert moved("1,0,2:T(8,128)") == 2 * 64 * 128 * 4 * 4  # dimension 1 (64) minor, padded to 128
+
+
 # Splash attention's kernels as the TPU compiler prints them (from a v5p compile of its gradient,
 # trimmed): the forward at top level with 1024-token tiles, the dkv kernel in a loop of 2 with
 # 512-token tiles, the dq kernel without metadata (the kernel's default tiles, 128).

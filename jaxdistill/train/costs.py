@@ -48,6 +48,26 @@ def _array_bytes(type_text: str) -> list[int]:
     return out
 
 
+_TILED = re.compile(r"\b([a-z]+\d*[a-z0-9]*)\[([\d,]*)\](?:\{([\d,]*):T\(([\d,]+)\))?")
+
+
+def _bytes(type_text: str) -> int:
+    """Bytes of the arrays in an HLO type as laid out in memory: a TPU layout such as
+    `{3,2,1,0:T(8,128)}` stores its minor-most dimensions in tiles of 8 × 128 elements, so they
+    are padded to multiples of the tile (a [64, 64, 4] latent with channels minor takes 32× its
+    size). An array without a tiled layout counts its elements."""
+    total = 0
+    for dtype, dims, minor_to_major, tile in _TILED.findall(type_text):
+        if dtype not in DTYPE_BYTES:
+            continue
+        shape = [int(d) for d in dims.split(",") if d]
+        order = [int(d) for d in minor_to_major.split(",") if d]
+        for dim, size in zip(order, reversed([int(t) for t in tile.split(",") if t]) if tile else ()):
+            shape[dim] = -(-shape[dim] // size) * size
+        total += math.prod(shape) * DTYPE_BYTES[dtype]
+    return total
+
+
 def _group_size(line: str, num_devices: int) -> int:
     iota = re.search(r"replica_groups=\[(\d+),(\d+)\]", line)
     if iota:
@@ -285,10 +305,6 @@ class TrafficKernel:
     op_name: str  # the JAX operation it came from (the HLO's metadata)
 
 
-def _bytes(type_text: str) -> int:
-    return sum(_array_bytes(type_text))
-
-
 _SPLASH = re.compile(r"splash_mq?h?a_(fwd|dq|dkv)")
 
 
@@ -459,6 +475,8 @@ class StepCost:
     traffic_by_kind: dict = dataclasses.field(default_factory=dict)  # jaxdistill's own count (`loop_costs`)
     top_kernels: list = dataclasses.field(default_factory=list)  # `TrafficKernel`s
     traffic_by_scope: dict = dataclasses.field(default_factory=dict)  # jaxdistill's own count (`loop_costs`)
+    xla_flops: float = 0.0  # of `flops`: XLA's cost analysis (every loop body once, no Pallas kernel)
+    xla_bytes_accessed: float = 0.0  # of `bytes_accessed`: the same
 
     @property
     def peak_bytes(self) -> int:
@@ -487,7 +505,8 @@ def step_cost(compiled, num_devices: int, scopes: tuple = ()) -> StepCost:
                     memory=memory, collectives=loops.collectives, unknown_trip_counts=loops.unknown_trip_counts,
                     splash_calls=int(loops.splash_calls), splash_flops=loops.splash_flops,
                     traffic_by_kind=loops.traffic_by_kind, top_kernels=loops.top_kernels,
-                    traffic_by_scope=loops.traffic_by_scope)
+                    traffic_by_scope=loops.traffic_by_scope, xla_flops=float(cost.get("flops", 0.0)),
+                    xla_bytes_accessed=float(cost.get("bytes accessed", 0.0)))
 
 
 def hbm_shortfall(error: Exception) -> tuple[int, int] | None:
