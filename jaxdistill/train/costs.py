@@ -11,7 +11,11 @@ a chip's published rates imply (`jaxdistill info`).
   less one. The critic updates (`lax.scan` over n_critic) and scanned UNet layers
   (`model.scan_layers`) are such loops. XLA sees no FLOPs in a Pallas kernel: the
   splash-attention kernels' matmul FLOPs and their tiles' re-reads of K and V are counted from
-  their operand shapes (`splash_costs`).
+  their operand shapes (`splash_costs`). Kernel bytes are counted as TPU layouts store the
+  arrays, padded to their tiles.
+- HBM traffic breakdown: every kernel's bytes, times the trip counts of the loops it runs in,
+  by kernel kind and by the name scope (a critic or generator update) it came from, and the
+  kernels that move the most (`loop_costs`).
 - collectives: every all-reduce, all-gather, reduce-scatter, all-to-all and collective-permute
   in the optimised per-device HLO, times the trip counts of the loops it sits in, with the bytes
   one device sends in a ring over its replica group of n devices: all-reduce 2·S·(n−1)/n,
