@@ -76,27 +76,47 @@ def method_spec(args):
 # ---------------------------------------------------------------------------------------- JAX
 
 
-def jax_worker(args) -> dict:
+def jax_run(args, abstract: bool = False):
+    """The `SDRun` of our step for `args` on one device: random weights, or shapes only."""
     import jax
     import jax.numpy as jnp
 
-    from jaxdistill.teachers.stable_diffusion import StableDiffusion, random_prompt_bank
-    from jaxdistill.train import costs
+    from jaxdistill.teachers.stable_diffusion import StableDiffusion, abstract_prompt_bank, random_prompt_bank
     from jaxdistill.train import sharding as shd
     from jaxdistill.train.program import sd_run
 
-    config, spec = method_spec(args)
+    config, _ = method_spec(args)
     config.model.update(compute_dtype=args.compute_dtype, param_dtype=args.param_dtype, attention=args.attention,
                         remat=args.remat)
     kw = dict(dtype=jnp.dtype(args.compute_dtype), param_dtype=jnp.dtype(args.param_dtype),
               attention_impl=args.attention, remat=args.remat)
-    sd = StableDiffusion.random(unet_config(args.model) if args.model == "tiny" else args.model, **kw)
-    bank = random_prompt_bank(sd, args.prompts, args.resolution, kw["dtype"])
     mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
-    run = sd_run(config, mesh, sd, [""] * args.prompts, bank)
+    if abstract and args.model != "tiny":
+        sd = StableDiffusion.abstract(architecture=args.model, **kw)
+        bank = abstract_prompt_bank(sd, args.prompts, kw["dtype"])
+    else:
+        sd = StableDiffusion.random(unet_config(args.model) if args.model == "tiny" else args.model, **kw)
+        bank = random_prompt_bank(sd, args.prompts, args.resolution, kw["dtype"])
+    return sd_run(config, mesh, sd, [""] * args.prompts, bank, abstract=abstract and args.model != "tiny")
+
+
+def flops_worker(args) -> dict:
+    """Model FLOPs per step: the step as JAX writes it, with XLA attention and no
+    rematerialisation (`costs.program_flops`), lowered on the host's CPU, never compiled; the same
+    for every run of a batch, whatever kernels and remat policy the run uses."""
+    from jaxdistill.train import costs
+
+    args.attention, args.remat = "xla", "none"
+    run = jax_run(args, abstract=True)
+    return {"model_flops": costs.program_flops(run.distiller.lower(run.teacher))}
+
+
+def jax_worker(args) -> dict:
+    import jax
+
+    run = jax_run(args)
     d = run.distiller
     compiled = d.compile(run.teacher)
-    flops = costs.step_cost(compiled, 1).flops
     teacher = jax.device_put(run.teacher, d.teacher_sharding(run.teacher))
     state = d.state
     for _ in range(args.warmup):
@@ -109,9 +129,57 @@ def jax_worker(args) -> dict:
     seconds = (time.perf_counter() - start) / args.iters
     device = jax.devices()[0]
     stats = device.memory_stats() or {}
-    return {"seconds": seconds, "flops": flops, "compile_s": d.compile_seconds,
-            "peak_bytes": stats.get("peak_bytes_in_use"), "device": device.device_kind,
-            "gen_loss": float(metrics["gen_loss"])}
+    result = {"seconds": seconds, "compile_s": d.compile_seconds, "peak_bytes": stats.get("peak_bytes_in_use"),
+              "device": device.device_kind, "gen_loss": float(metrics["gen_loss"])}
+    if args.profile:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as trace:
+            jax.profiler.start_trace(trace)
+            for _ in range(PROFILED_STEPS):
+                state, metrics = compiled(state, teacher)
+            jax.block_until_ready((state, metrics))
+            jax.profiler.stop_trace()
+            result["profile"] = device_time_by_kernel(trace, PROFILED_STEPS)
+    return result
+
+
+PROFILED_STEPS = 2
+# Kernel families, by the first pattern a device kernel's name matches (cuDNN's convolution
+# kernels are implicit GEMMs, so convolutions are tried before matmuls).
+KERNEL_FAMILIES = (("attention", r"fmha|flash|sdpa|attention"),
+                   ("convolution", r"conv|fprop|dgrad|wgrad|implicit"),
+                   ("matmul", r"gemm|matmul|nvjet|cutlass|xmma|cublas|dot"),
+                   ("reduction", r"reduce|norm"),
+                   ("copy/transpose", r"copy|transpose|memcpy|memset"),
+                   ("other XLA fusions", r"fusion"))
+
+
+def device_time_by_kernel(trace_dir: str, steps: int) -> dict:
+    """Device time per step from a `jax.profiler` trace: every kernel on the GPU's streams, summed
+    by name (the top 15) and by `KERNEL_FAMILIES`."""
+    import glob
+    import re
+
+    from jax.profiler import ProfileData
+
+    by_name, lines = {}, set()
+    for path in glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True):
+        for plane in ProfileData.from_file(path).planes:
+            if not plane.name.startswith("/device:"):
+                continue
+            for line in plane.lines:
+                if not line.name.startswith("Stream"):
+                    continue
+                lines.add(line.name)
+                for ev in line.events:
+                    by_name[ev.name] = by_name.get(ev.name, 0.0) + ev.duration_ns / 1e6 / steps
+    families = {}
+    for name, ms in by_name.items():
+        family = next((f for f, pattern in KERNEL_FAMILIES if re.search(pattern, name, re.I)), "other")
+        families[family] = families.get(family, 0.0) + ms
+    top = sorted(by_name.items(), key=lambda kv: -kv[1])[:15]
+    return {"busy_ms": sum(by_name.values()), "families_ms": families, "top_ms": top, "streams": sorted(lines)}
 
 
 # ------------------------------------------------------------------------------------ PyTorch
@@ -269,39 +337,89 @@ def torch_worker(args, compiled: bool) -> dict:
 # ------------------------------------------------------------------------------------- parent
 
 
-def measure(kind: str, args, batch: int) -> dict:
-    """One measurement in a fresh process; {"oom": True} when the batch does not fit."""
-    passed = {k: v for k, v in vars(args).items() if k not in ("worker", "batch", "batches", "out")}
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--batch", str(batch)] + [
-        f"--{k}" if v is True else f"--{k}={v}" for k, v in passed.items() if v is not False]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+WORKER_ARGS = ("compute_dtype", "param_dtype", "attention", "remat", "torch_checkpointing")
+
+
+def parse_run(text: str) -> tuple[str, dict]:
+    """`jax`, `torch_eager`, `torch_compile`, each optionally with overrides of the worker's
+    options: `jax@remat=none@attention=xla`."""
+    kind, *sets = text.split("@")
+    if kind not in ("jax", "torch_eager", "torch_compile"):
+        raise SystemExit(f"--runs: unknown run {kind!r} in {text!r}; runs are jax, torch_eager, torch_compile.")
+    overrides = dict(x.split("=", 1) for x in sets if "=" in x)
+    bad = [x for x in sets if "=" not in x] + [k for k in overrides if k not in WORKER_ARGS]
+    if bad:
+        raise SystemExit(f"--runs: cannot read {bad} in {text!r}; an override is @key=value with key in {WORKER_ARGS}.")
+    return kind, overrides
+
+
+def worker_command(kind: str, args, batch: int, overrides: dict) -> list:
+    passed = {k: v for k, v in vars(args).items() if k not in ("worker", "batch", "batches", "out", "runs")}
+    passed.update({k: (v.lower() in ("1", "true", "yes")) if k == "torch_checkpointing" else v
+                   for k, v in overrides.items()})
+    return [sys.executable, os.path.abspath(__file__), "--worker", kind, "--batch", str(batch)] + [
+        f"--{k}" if v is True else f"--{k}={v}" for k, v in passed.items() if v is not False and v is not None]
+
+
+def result_of(proc: subprocess.CompletedProcess, what: str) -> dict:
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode == 0 and lines:
         return json.loads(lines[-1][len("RESULT "):])
     if any(m in proc.stderr for m in OOM_MARKERS):
         return {"oom": True}
-    raise RuntimeError(f"{kind} at batch {batch} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    raise RuntimeError(f"{what} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
 
 
-def table(args, rows: list) -> str:
-    out = [f"{args.model} {args.resolution}px, {args.method}; ours: compute {args.compute_dtype}, params "
-           f"{args.param_dtype}, attention {args.attention}, remat {args.remat}; {args.iters} timed iterations "
-           f"after {args.warmup}",
-           f"{'batch':>5} {'run':<14} {'ms/step':>9} {'img/s':>8} {'ours ×':>7} {'MFU %':>6} {'peak GiB':>9} "
-           f"{'compile s':>9}"]
-    for batch, kind, r in rows:
-        if r.get("oom"):
-            out.append(f"{batch:>5} {kind:<14} {'out of memory':>9}")
-            continue
-        ours = next((x for bb, k, x in rows if bb == batch and k == "jax" and not x.get("oom")), None)
-        ratio = f"{r['seconds'] / ours['seconds']:.2f}" if ours and kind != "jax" else "-"
-        peak = PEAK_BF16.get(next((k for k in PEAK_BF16 if k in (r.get("device") or "")), ""), None)
-        mfu = f"{100 * r['flops'] / r['seconds'] / peak:.1f}" if kind == "jax" and peak and r.get("flops") else "-"
-        mem = f"{r['peak_bytes'] / 2**30:.1f}" if r.get("peak_bytes") else "-"
-        out.append(f"{batch:>5} {kind:<14} {1e3 * r['seconds']:>9.1f} {batch / r['seconds']:>8.2f} {ratio:>7} "
-                   f"{mfu:>6} {mem:>9} {r['compile_s']:>9.1f}")
-    out.append("ours ×: the reference's time per step over ours (> 1: ours is faster). img/s: generator images.")
-    return "\n".join(out)
+def measure(kind: str, args, batch: int, overrides: dict) -> dict:
+    """One measurement in a fresh process; {"oom": True} when the batch does not fit,
+    {"timeout": True} when it ran past --timeout seconds."""
+    env = dict(os.environ)
+    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")  # JAX takes 75% of the GPU by default
+    try:
+        proc = subprocess.run(worker_command(kind, args, batch, overrides), capture_output=True, text=True, env=env,
+                              timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"timeout": True}
+    return result_of(proc, f"{kind} at batch {batch}")
+
+
+def start_flops(args, batch: int) -> subprocess.Popen:
+    """The model-FLOPs worker on the host's CPU, beside the GPU measurements."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+    return subprocess.Popen(worker_command("flops", args, batch, {}), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+
+
+def model_flops(proc: subprocess.Popen) -> float | None:
+    out, err = proc.communicate()
+    try:
+        return result_of(subprocess.CompletedProcess(proc.args, proc.returncode, out, err), "model FLOPs")["model_flops"]
+    except (RuntimeError, KeyError) as e:
+        print(f"no MFU: {e}", file=sys.stderr, flush=True)
+        return None
+
+
+HEADER = (f"{'batch':>5} {'run':<28} {'ms/step':>9} {'img/s':>8} {'ours ×':>7} {'MFU %':>6} {'peak GiB':>9} "
+          f"{'compile s':>9}")
+
+
+def row(batch: int, run: str, r: dict, ours: dict | None, flops: float | None) -> str:
+    if r.get("oom") or r.get("timeout"):
+        return f"{batch:>5} {run:<28} {'out of memory' if r.get('oom') else 'past --timeout':>13}"
+    ratio = f"{r['seconds'] / ours['seconds']:.2f}" if ours and not run.startswith("jax") else "-"
+    peak = PEAK_BF16.get(next((k for k in PEAK_BF16 if k in (r.get("device") or "")), ""), None)
+    mfu = f"{100 * flops / r['seconds'] / peak:.1f}" if peak and flops else "-"
+    mem = f"{r['peak_bytes'] / 2**30:.1f}" if r.get("peak_bytes") else "-"
+    return (f"{batch:>5} {run:<28} {1e3 * r['seconds']:>9.1f} {batch / r['seconds']:>8.2f} {ratio:>7} {mfu:>6} "
+            f"{mem:>9} {r['compile_s']:>9.1f}")
+
+
+def profile_lines(batch: int, run: str, p: dict) -> list:
+    out = [f"profile of {run} at batch {batch}: {p['busy_ms']:.1f} ms of kernels per step on {len(p['streams'])} "
+           f"streams; by family: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(p["families_ms"].items(),
+                                                                              key=lambda kv: -kv[1]))]
+    out += [f"  {ms:9.2f} ms  {name[:110]}" for name, ms in p["top_ms"]]
+    return out
 
 
 def main() -> None:
@@ -310,7 +428,8 @@ def main() -> None:
     p.add_argument("--method", default="sid_lsg", choices=sorted(GUIDANCE))
     p.add_argument("--resolution", type=int, default=None, help="pixels (default: 512 for SD1.5, 1024 for SDXL)")
     p.add_argument("--batches", default="16", help="comma-separated batch sizes")
-    p.add_argument("--runs", default="jax,torch_eager,torch_compile")
+    p.add_argument("--runs", default="jax,torch_eager,torch_compile",
+                   help="comma-separated: jax, torch_eager, torch_compile, each with optional @key=value overrides")
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--prompts", type=int, default=64, help="rows of the random prompt bank")
@@ -319,7 +438,9 @@ def main() -> None:
     p.add_argument("--attention", default="cudnn", choices=["xla", "cudnn", "splash"])
     p.add_argument("--remat", default="dots_saveable", choices=["none", "full", "dots_saveable"])
     p.add_argument("--torch_checkpointing", action="store_true", help="diffusers' gradient checkpointing")
-    p.add_argument("--out", default="", help="also write the rows as JSON here")
+    p.add_argument("--profile", action="store_true", help="our runs: also trace 2 steps, print device time by kernel")
+    p.add_argument("--timeout", type=float, default=None, help="seconds one measurement may take")
+    p.add_argument("--out", default="", help="also append each row as a JSON line here")
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -328,18 +449,35 @@ def main() -> None:
     if args.warmup < 1 or args.iters < 1:
         p.error("--warmup and --iters must be >= 1.")
     if args.worker:
-        result = jax_worker(args) if args.worker == "jax" else torch_worker(args, args.worker == "torch_compile")
-        print("RESULT " + json.dumps(result), flush=True)
+        workers = {"jax": jax_worker, "flops": flops_worker, "torch_eager": lambda a: torch_worker(a, False),
+                   "torch_compile": lambda a: torch_worker(a, True)}
+        print("RESULT " + json.dumps(workers[args.worker](args)), flush=True)
         return
-    rows = []
-    for batch in (int(b) for b in args.batches.split(",")):
-        for kind in args.runs.split(","):
-            rows.append((batch, kind, measure(kind, args, batch)))
-            print(f"measured {kind} at batch {batch}", file=sys.stderr, flush=True)
-    print(table(args, rows))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump([{"batch": b, "run": k, **r} for b, k, r in rows], f, indent=2)
+    runs = [(text, *parse_run(text)) for text in args.runs.split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
+    flops_procs = {b: start_flops(args, b) for b in batches}
+    print(f"{args.model} {args.resolution}px, {args.method}; ours: compute {args.compute_dtype}, params "
+          f"{args.param_dtype}, attention {args.attention}, remat {args.remat} (unless the run overrides); "
+          f"{args.iters} timed iterations after {args.warmup}", flush=True)
+    print(HEADER, flush=True)
+    profiles = []
+    for batch in batches:
+        flops, ours = None, None
+        for text, kind, overrides in runs:
+            r = measure(kind, args, batch, overrides)
+            if flops is None:
+                flops = model_flops(flops_procs[batch])
+            if kind == "jax" and ours is None and "seconds" in r:
+                ours = r
+            print(row(batch, text, r, ours, flops), flush=True)
+            if r.get("profile"):
+                profiles += profile_lines(batch, text, r["profile"])
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(json.dumps({"batch": batch, "run": text, "model_flops": flops, **r}) + "\n")
+    print("ours ×: this run's time per step over the first jax run's (> 1: ours is faster); img/s: generator images; "
+          "MFU: model FLOPs (XLA attention, no remat) over the device's dense bf16 peak.")
+    print("\n".join(profiles))
 
 
 if __name__ == "__main__":

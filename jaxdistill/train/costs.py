@@ -109,8 +109,11 @@ def _collective(line: str, num_devices: int) -> tuple[str, float] | None:
 
 # ------------------------------------------------------------------ loops in the optimised HLO
 
-_HEADER = re.compile(r"^(ENTRY )?%([\w.\-]+) \((.*)\) -> .*\{\s*$")
-_INSTR = re.compile(r"^\s*(ROOT )?%([\w.\-]+) = (.+?) ([a-z][\w\-]*)\((.*)$")
+# Optimised HLO text names values and computations with a leading %, writes operand types inline
+# and parameters in each computation's header; a lowered (unoptimised) module's text has neither.
+_HEADER = re.compile(r"^(ENTRY )?%?([\w.\-]+) (?:\((.*)\) -> .*)?\{\s*$")
+_INSTR = re.compile(r"^\s*(ROOT )?%?([\w.\-]+) = (.+?) ([a-z][\w\-]*)\((.*)$")
+_OPERAND = re.compile(r"%?([A-Za-z_][\w.\-]*)\s*(?:,|$)")
 _PARAM = re.compile(r"([\w.\-]+): ([a-z]+\d*[a-z0-9]*\[[\d,]*\])")
 _DIMS = re.compile(r"\[([\d,]*)\]")
 # Instructions that move no data of their own (views, tuples, control flow, parameters).
@@ -145,14 +148,14 @@ def _parse(hlo_text: str) -> tuple[dict, str]:
     for line in hlo_text.splitlines():
         header = _HEADER.match(line)
         if header:
-            current = ([], dict((k, v) for k, v in _PARAM.findall(header.group(3))))
+            current = ([], dict((k, v) for k, v in _PARAM.findall(header.group(3) or "")))
             comps[header.group(2)] = current
             entry = header.group(2) if header.group(1) else entry
             continue
         m = _INSTR.match(line) if current is not None else None
         if m:
             operands, attrs = _split_operands(m.group(5))
-            current[0].append(_Instr(m.group(2), m.group(3), m.group(4), re.findall(r"%([\w.\-]+)", operands), attrs,
+            current[0].append(_Instr(m.group(2), m.group(3), m.group(4), _OPERAND.findall(operands), attrs,
                                      operands, line, bool(m.group(1))))
             current[1][m.group(2)] = m.group(3)
         elif line.strip() == "}":
@@ -229,7 +232,7 @@ def _fusion_traffic(ins: _Instr, comps: dict, types: dict) -> float:
     """Bytes a fusion reads and writes, as XLA counts them: an operand it only dynamic-slices
     costs the slices, a buffer it dynamic-update-slices in place costs the update (a scan's
     stacked inputs and outputs), anything else its whole size."""
-    callee = re.search(r"calls=%([\w.\-]+)", ins.attrs)
+    callee = re.search(r"calls=%?([\w.\-]+)", ins.attrs)
     inner, inner_types = comps.get(callee.group(1), ([], {})) if callee else ([], {})
     if not inner:
         return _bytes(ins.type) + sum(_bytes(types.get(o, "")) for o in ins.operands)
@@ -273,13 +276,13 @@ def _trip_count(ins: _Instr, comps: dict) -> int | None:
     known = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', ins.attrs)
     if known:
         return int(known.group(1))
-    cond = re.search(r"condition=%([\w.\-]+)", ins.attrs)
+    cond = re.search(r"condition=%?([\w.\-]+)", ins.attrs)
     consts, todo = set(), [cond.group(1)] if cond else []
     while todo:
         for c in comps.get(todo.pop(), ([], {}))[0]:
             if c.op == "constant" and re.fullmatch(r"[su]\d+\[\]\S*", c.type):
                 consts.add(int(c.text))
-            todo += re.findall(r"calls=%([\w.\-]+)", c.attrs)
+            todo += re.findall(r"calls=%?([\w.\-]+)", c.attrs)
     return consts.pop() if len(consts) == 1 else None
 
 
@@ -353,7 +356,7 @@ KERNEL_KINDS = ("matmuls and convolutions", "splash attention", "elementwise", "
 
 def _kernel_kind(ins: _Instr, comps: dict) -> str:
     """Which of `KERNEL_KINDS` a kernel is, from its op or, for a fusion, the ops fused in it."""
-    callee = re.search(r"calls=%([\w.\-]+)", ins.attrs) if ins.op == "fusion" else None
+    callee = re.search(r"calls=%?([\w.\-]+)", ins.attrs) if ins.op == "fusion" else None
     ops = {i.op for i in comps.get(callee.group(1), ([], {}))[0]} if callee else {ins.op}
     if ins.op.startswith(COLLECTIVES) or ops & set(COLLECTIVES):
         return "collectives"
@@ -405,18 +408,18 @@ def loop_costs(hlo_text: str, num_devices: int, top: int = 10, scopes: tuple = (
             if moved or splash:
                 kernels[name].append((moved + (splash[1] if splash else 0.0), ins))
             if ins.op == "while":
-                body = re.search(r"body=%([\w.\-]+)", ins.attrs)
+                body = re.search(r"body=%?([\w.\-]+)", ins.attrs)
                 n = _trip_count(ins, comps)
                 if n is None:
                     unknown.add(ins.name)
                 calls += [(body.group(1), "loop", n or 1)] if body else []
             elif ins.op in ("call", "conditional"):
-                callees = re.findall(r"(?:to_apply|true_computation|false_computation)=%([\w.\-]+)", ins.attrs)
+                callees = re.findall(r"(?:to_apply|true_computation|false_computation)=%?([\w.\-]+)", ins.attrs)
                 branches = re.search(r"branch_computations=\{([^}]*)\}", ins.attrs)
-                callees += re.findall(r"%([\w.\-]+)", branches.group(1) if branches else "")
+                callees += re.findall(r"%?([\w.\-]+)", branches.group(1) if branches else "")
                 calls += [(c, "call", 1) for c in callees]
             else:  # fusions and async wrappers: their insides are one kernel, counted above
-                calls += [(c, "kernel", 1) for c in re.findall(r"calls=%([\w.\-]+)", ins.attrs)]
+                calls += [(c, "kernel", 1) for c in re.findall(r"calls=%?([\w.\-]+)", ins.attrs)]
         own[name] = (flops, traffic, counted, calls)
 
     memo = {}
@@ -511,6 +514,17 @@ def step_cost(compiled, num_devices: int, scopes: tuple = ()) -> StepCost:
                     traffic_by_kind=loops.traffic_by_kind, top_kernels=loops.top_kernels,
                     traffic_by_scope=loops.traffic_by_scope, xla_flops=float(cost.get("flops", 0.0)),
                     xla_bytes_accessed=float(cost.get("bytes accessed", 0.0)))
+
+
+def program_flops(lowered) -> float:
+    """The FLOPs of a lowered, not yet optimised program, every loop iteration counted: XLA's
+    cost analysis of the module as JAX wrote it (each loop body once) plus `loop_costs`' count of
+    the iterations after the first. It does not depend on the backend's kernels (cuBLAS and cuDNN
+    custom calls, Pallas): lowered with XLA attention and no rematerialisation, it is the model
+    FLOPs that model FLOPs utilisation divides by (`experiments/bench_step.py`)."""
+    cost = lowered.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", 0.0)) + loop_costs(lowered.as_text(dialect="hlo"), 1).flops
 
 
 def hbm_shortfall(error: Exception) -> tuple[int, int] | None:
