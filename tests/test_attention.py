@@ -70,3 +70,13 @@ def test_the_compile_target_picks_the_kernel(monkeypatch):
     assert "pallas_call" in kernels(128)
     assert "pallas_call" not in kernels(77)  # CLIP's 77 text tokens: cross-attention falls back to xla
     assert "pallas_call" not in kernels(128, impl="cudnn")
+
+
+def test_cudnn_takes_what_jax_can_train_and_says_why_not():
+    """cuDNN's fused attention: bf16 or f16, head_dim a multiple of 8 up to 128 (256 on Hopper),
+    even sequence lengths; SD's 77-token cross-attention and float32 go to XLA, with the reason."""
+    bf16 = lambda L, d=40: jnp.zeros((2, L, 8, d), jnp.bfloat16)  # noqa: E731
+    assert "even" in attn._unsupported("cudnn", bf16(4096), bf16(77))
+    assert "float32" in attn._unsupported("cudnn", bf16(4096).astype(jnp.float32), bf16(4096).astype(jnp.float32))
+    assert "head_dim 160 (needs <= 128" in attn._unsupported("cudnn", bf16(256, 160), bf16(256, 160))  # no GPU: not Hopper
+    assert "backend is cpu" in attn._unsupported("cudnn", bf16(4096), bf16(4096))

@@ -4,7 +4,9 @@
 
     xla     einsum + softmax, the logits and softmax statistics in float32 (any backend)
     cudnn   `jax.nn.dot_product_attention(implementation="cudnn")`: fused flash attention on
-            NVIDIA GPUs; needs float16/bfloat16 inputs and head_dim <= 128, a multiple of 8
+            NVIDIA GPUs; needs float16/bfloat16 inputs, head_dim a multiple of 8 and at most
+            128 (256 on Hopper and later), and even sequence lengths (JAX 0.11 refuses SD's
+            77-token cross-attention for training, so that goes to `xla`: its logits are small)
     splash  the Pallas splash-attention kernel on TPU (O(L) memory); needs sequence lengths
             that are multiples of 128. head_dim is zero-padded to a multiple of 128 (SD's 40, 80,
             160 and SDXL's 64), as MaxDiffusion does: exact, at the cost of the padded FLOPs.
@@ -55,16 +57,27 @@ def _xla(q, k, v, causal: bool):
     return jnp.swapaxes(out, 1, 2)
 
 
+def _compute_capability() -> tuple:
+    """The CUDA compute capability of the devices compiled for, (0, 0) when unknown."""
+    m = target.mesh()
+    device = m.devices.flat[0] if m is not None else jax.devices()[0]
+    text = getattr(device, "compute_capability", "") or ""
+    return tuple(int(x) for x in text.split(".")) if text else (0, 0)
+
+
 def _unsupported(impl: str, q, k) -> str | None:
     backend = target.platform()
     head_dim = q.shape[-1]
     if impl == "cudnn":
-        if backend != "gpu":
-            return f"backend is {backend}, not gpu"
         if q.dtype not in (jnp.float16, jnp.bfloat16):
             return f"dtype {q.dtype} (needs float16 or bfloat16)"
-        if head_dim > 128 or head_dim % 8:
-            return f"head_dim {head_dim} (needs <= 128 and a multiple of 8)"
+        head_max = 256 if _compute_capability() >= (9, 0) else 128
+        if head_dim > head_max or head_dim % 8:
+            return f"head_dim {head_dim} (needs <= {head_max} and a multiple of 8)"
+        if q.shape[1] % 2 or k.shape[1] % 2:
+            return f"sequence lengths {q.shape[1]}, {k.shape[1]} (need even lengths)"
+        if backend != "gpu":
+            return f"backend is {backend}, not gpu"
     elif impl == "splash":
         if backend != "tpu":
             return f"backend is {backend}, not tpu"
