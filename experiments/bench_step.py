@@ -111,17 +111,30 @@ def flops_worker(args) -> dict:
     return {"model_flops": costs.program_flops(run.distiller.lower(run.teacher))}
 
 
+def phase(what: str, since: float) -> None:
+    """A progress line on stderr (the parent shows the last ones when a run times out)."""
+    print(f"{time.perf_counter() - since:7.1f} s  {what}", file=sys.stderr, flush=True)
+
+
 def jax_worker(args) -> dict:
     import jax
 
+    start = time.perf_counter()
     run = jax_run(args)
     d = run.distiller
-    compiled = d.compile(run.teacher)
+    phase("random weights and state built", start)
+    built = time.perf_counter()
+    lowered = d.lower(run.teacher)
+    phase("step traced and lowered", start)
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - built  # tracing, lowering and XLA's compilation
+    phase("step compiled", start)
     teacher = jax.device_put(run.teacher, d.teacher_sharding(run.teacher))
     state = d.state
     for _ in range(args.warmup):
         state, _ = compiled(state, teacher)
     jax.block_until_ready(state)
+    phase("warm-up steps run", start)
     start = time.perf_counter()
     for _ in range(args.iters):
         state, metrics = compiled(state, teacher)
@@ -129,7 +142,7 @@ def jax_worker(args) -> dict:
     seconds = (time.perf_counter() - start) / args.iters
     device = jax.devices()[0]
     stats = device.memory_stats() or {}
-    result = {"seconds": seconds, "compile_s": d.compile_seconds, "peak_bytes": stats.get("peak_bytes_in_use"),
+    result = {"seconds": seconds, "compile_s": compile_s, "peak_bytes": stats.get("peak_bytes_in_use"),
               "device": device.device_kind, "gen_loss": float(metrics["gen_loss"])}
     if args.profile:
         import tempfile
@@ -378,8 +391,9 @@ def measure(kind: str, args, batch: int, overrides: dict) -> dict:
     try:
         proc = subprocess.run(worker_command(kind, args, batch, overrides), capture_output=True, text=True, env=env,
                               timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        return {"timeout": True}
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+        return {"timeout": True, "last_lines": err.strip().splitlines()[-3:]}
     return result_of(proc, f"{kind} at batch {batch}")
 
 
@@ -405,7 +419,8 @@ HEADER = (f"{'batch':>5} {'run':<28} {'ms/step':>9} {'img/s':>8} {'ours ×':>7} 
 
 def row(batch: int, run: str, r: dict, ours: dict | None, flops: float | None) -> str:
     if r.get("oom") or r.get("timeout"):
-        return f"{batch:>5} {run:<28} {'out of memory' if r.get('oom') else 'past --timeout':>13}"
+        return (f"{batch:>5} {run:<28} {'out of memory' if r.get('oom') else 'past --timeout':>13}"
+                + "".join(f"\n        {line}" for line in r.get("last_lines", [])))
     ratio = f"{r['seconds'] / ours['seconds']:.2f}" if ours and not run.startswith("jax") else "-"
     peak = PEAK_BF16.get(next((k for k in PEAK_BF16 if k in (r.get("device") or "")), ""), None)
     mfu = f"{100 * flops / r['seconds'] / peak:.1f}" if peak and flops else "-"
