@@ -131,10 +131,10 @@ def jax_worker(args) -> dict:
     phase("step compiled", start)
     teacher = jax.device_put(run.teacher, d.teacher_sharding(run.teacher))
     state = d.state
-    for _ in range(args.warmup):
+    for i in range(args.warmup):  # each logged: a run stopped at --timeout still shows a step's time
         state, _ = compiled(state, teacher)
-    jax.block_until_ready(state)
-    phase("warm-up steps run", start)
+        jax.block_until_ready(state)
+        phase(f"warm-up step {i + 1} done", start)
     start = time.perf_counter()
     for _ in range(args.iters):
         state, metrics = compiled(state, teacher)

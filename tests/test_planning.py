@@ -434,3 +434,24 @@ def test_a_generator_ladder_above_the_vp_teachers_largest_sigma_is_refused():
     with pytest.raises(RunError, match=r"method.sigma_ladder=\(80.0,\) goes above this teacher's largest σ 14.6146.*"
                                         r"sigma_ladder='\(14.6146,\)'"):
         build_run(config, abstract=True, num_prompts=8)
+
+
+@pytest.mark.skipif(not _has_libtpu(), reason="needs the libtpu extra: pip install \"jax[tpu]==<jax version>\"")
+def test_fsdp_kernels_are_gathered_not_windowed_on_a_tpu_slice():
+    """SD1.5's 64×64 feed-forward at 32 samples per chip on a v5p-64 at (1, 32, 1): with its
+    kernels gathered before use (`target.gather_weight`) XLA adds no windowed-einsum loops, and
+    the HBM traffic is a fraction of the windowed program's (8.8 against 104.2 GB measured)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fsdp_gather", os.path.join(
+        os.path.dirname(__file__), "..", "experiments", "fsdp_gather.py"))
+    fsdp_gather = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fsdp_gather)
+    devices = tpu.devices(tpu.parse("v5p-64"))
+    mesh = make_mesh((1, 32, 1), devices)
+    traffic = {}
+    for gather in (False, True):
+        compiled = fsdp_gather.compile_feed_forward(mesh, 320, 4096, 32 * 32, gather)
+        assert ("windowed_dot_general" in compiled.as_text()) == (not gather)
+        traffic[gather] = costs.step_cost(compiled, 32).bytes_accessed
+    assert traffic[True] < 0.2 * traffic[False]

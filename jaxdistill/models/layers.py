@@ -13,22 +13,57 @@ Parameters carry logical axis names (`jaxdistill.train.sharding`): convolution k
 [kh, kw, in, out] are (None, None, "embed", "mlp"), linear kernels [in, out] ("embed", "mlp"),
 biases follow their output axis, norms are replicated. Layers whose channel count is tiny and
 fixed (the 4 latent channels of `conv_in` / `conv_out`) pass `axes` to leave that side whole.
+
+Convolutions and linear layers gather their kernel over the mesh's fsdp axis before use
+(`jaxdistill.models.target.gather_weight`, FSDP's all-gather), so that XLA never runs their
+matmuls as windowed einsums over kernel shards.
 """
 
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxdistill.models import target
 from jaxdistill.models.conv import conv_general_dilated
 
 # True while `abstract_module` builds: kernels then get the (cheaper to trace) zeros initializer.
 _SHAPE_ONLY = contextvars.ContextVar("jaxdistill_shape_only", default=False)
 CONV_AXES = ("embed", "mlp")
 DENSE_AXES = ("embed", "mlp")
+# The logical axes `jaxdistill.train.sharding.DEFAULT_RULES` maps to the mesh's tensor axis
+# (tests check they agree); a gathered kernel stays split over tensor along these.
+TENSOR_LOGICAL_AXES = ("mlp", "heads")
+
+
+def _tensor_dims(axes: tuple) -> tuple:
+    return tuple(a in TENSOR_LOGICAL_AXES for a in axes)
+
+
+@dataclasses.dataclass(frozen=True)
+class GatheredDot:
+    """`lax.dot_general` with its kernel gathered over fsdp first (`target.gather_weight`);
+    `tensor_dims` marks the kernel dims split over the tensor axis. Frozen, so layers built
+    alike have equal graph definitions."""
+
+    tensor_dims: tuple
+
+    def __call__(self, lhs, rhs, *args, **kwargs):
+        return jax.lax.dot_general(lhs, target.gather_weight(rhs, self.tensor_dims), *args, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class GatheredConv:
+    """`jaxdistill.models.conv.conv_general_dilated` with its HWIO kernel gathered over fsdp first."""
+
+    tensor_dims: tuple
+
+    def __call__(self, lhs, rhs, *args, **kwargs):
+        return conv_general_dilated(lhs, target.gather_weight(rhs, self.tensor_dims), *args, **kwargs)
 
 
 class _ShapeOnlyRngs:
@@ -69,8 +104,9 @@ def _kernel_init():
 def conv(in_channels: int, out_channels: int, kernel_size: int = 3, *, stride: int = 1, padding=None,
          axes: tuple = CONV_AXES, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs) -> nnx.Conv:
     """nnx.Conv with PyTorch's symmetric padding (kernel_size // 2 unless given), logical axes
-    `axes` = (in-channel axis, out-channel axis) on its HWIO kernel, and
-    `jaxdistill.models.conv.conv_general_dilated` (fast kernel gradients on a CPU)."""
+    `axes` = (in-channel axis, out-channel axis) on its HWIO kernel, its kernel gathered over
+    fsdp before use, and `jaxdistill.models.conv.conv_general_dilated` (fast kernel gradients
+    on a CPU)."""
     pad = kernel_size // 2 if padding is None else padding
     padding = pad if isinstance(pad, str) else ((pad, pad), (pad, pad))
     with nnx.use_eager_sharding(False):  # logical names only; placement happens at load time
@@ -78,19 +114,21 @@ def conv(in_channels: int, out_channels: int, kernel_size: int = 3, *, stride: i
             in_channels, out_channels, (kernel_size, kernel_size), strides=stride, padding=padding,
             kernel_init=nnx.with_partitioning(_kernel_init(), (None, None) + tuple(axes)),
             bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)),
-            dtype=dtype, param_dtype=param_dtype, conv_general_dilated=conv_general_dilated, rngs=rngs,
+            dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+            conv_general_dilated=GatheredConv(_tensor_dims((None, None) + tuple(axes))),
         )
 
 
 def dense(in_features: int, out_features: int, *, use_bias: bool = True, axes: tuple = DENSE_AXES, dtype=None,
           param_dtype=jnp.float32, rngs: nnx.Rngs) -> nnx.Linear:
-    """nnx.Linear with logical axes `axes` = (in axis, out axis) on its [in, out] kernel."""
+    """nnx.Linear with logical axes `axes` = (in axis, out axis) on its [in, out] kernel, its
+    kernel gathered over fsdp before use."""
     with nnx.use_eager_sharding(False):
         return nnx.Linear(
             in_features, out_features, use_bias=use_bias,
             kernel_init=nnx.with_partitioning(_kernel_init(), tuple(axes)),
             bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)),
-            dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+            dtype=dtype, param_dtype=param_dtype, dot_general=GatheredDot(_tensor_dims(axes)), rngs=rngs,
         )
 
 
