@@ -21,11 +21,11 @@ no-grad generator passes before the one with grad, in both. Text features are ra
 depend on their values.
 
 Each measurement runs in its own process (clean device memory and peak counters); the parent
-prints one table: ms/step, generator images/s, ratio of ours to each reference, model FLOPs
-utilisation (FLOPs per step from XLA's cost analysis of our compiled step, with every iteration of
-its loops counted by `jaxdistill.train.costs.step_cost`; peak from the device's dense bf16
-rate), peak device memory and compile time.
-A batch that does not fit is reported as out of memory.
+prints each row as it is measured: ms/step, generator images/s, the run's time over ours, model
+FLOPs utilisation (model FLOPs per step from the lowered program with XLA attention and no
+remat, `jaxdistill.train.costs.program_flops`, counted on the host's CPU beside the GPU runs;
+peak from the device's dense bf16 rate), peak device memory and compile time. A batch that does
+not fit is reported as out of memory; a run past `--timeout` with the phases it reached.
 """
 
 from __future__ import annotations
