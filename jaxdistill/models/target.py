@@ -79,8 +79,9 @@ def shard_batch(x: jax.Array) -> jax.Array:
 def gather_weight(w: jax.Array, tensor_dims: tuple) -> jax.Array:
     """FSDP's all-gather before use: a layer's kernel `w` constrained to be whole over `mesh()`'s
     fsdp axis, and split over its tensor axis along the dims `tensor_dims` marks (where they
-    divide); unchanged outside `compiling_for` or when fsdp is 1. Its gradient is then
-    reduce-scattered back to the kernel's own sharding.
+    divide); unchanged outside `compiling_for` or when fsdp is 1. Its gradient returns to the
+    kernel's own sharding (XLA all-reduces it in the train step, where a reduce-scatter would
+    move about half the bytes).
 
     Without it, XLA's SPMD partitioner may keep a kernel split over fsdp while the batch is split
     over the same axis, and run the matmul as a windowed einsum: a loop over the kernel's shards
