@@ -91,13 +91,14 @@ def jax_run(args, abstract: bool = False):
     kw = dict(dtype=jnp.dtype(args.compute_dtype), param_dtype=jnp.dtype(args.param_dtype),
               attention_impl=args.attention, remat=args.remat)
     mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
-    if abstract and args.model != "tiny":
+    shapes_only = abstract and args.model != "tiny"  # the tiny UNet is no published architecture: built, it is small
+    if shapes_only:
         sd = StableDiffusion.abstract(architecture=args.model, **kw)
         bank = abstract_prompt_bank(sd, args.prompts, kw["dtype"])
     else:
         sd = StableDiffusion.random(unet_config(args.model) if args.model == "tiny" else args.model, **kw)
         bank = random_prompt_bank(sd, args.prompts, args.resolution, kw["dtype"])
-    return sd_run(config, mesh, sd, [""] * args.prompts, bank, abstract=abstract and args.model != "tiny")
+    return sd_run(config, mesh, sd, [""] * args.prompts, bank, abstract=shapes_only)
 
 
 def flops_worker(args) -> dict:
@@ -477,10 +478,10 @@ def main() -> None:
     print(HEADER, flush=True)
     profiles = []
     for batch in batches:
-        flops, ours = None, None
-        for text, kind, overrides in runs:
+        ours = None
+        for i, (text, kind, overrides) in enumerate(runs):
             r = measure(kind, args, batch, overrides)
-            if flops is None:
+            if i == 0:  # the FLOPs worker ran beside the first measurement; read it once
                 flops = model_flops(flops_procs[batch])
             if kind == "jax" and ours is None and "seconds" in r:
                 ours = r

@@ -498,11 +498,16 @@ class StepCost:
                 "binds": max(terms, key=terms.get)}
 
 
+def _xla_cost(program) -> dict:
+    """XLA's cost analysis of a lowered or compiled program (one dict; some JAX versions wrap it in a list)."""
+    cost = program.cost_analysis()
+    return cost[0] if isinstance(cost, (list, tuple)) else cost
+
+
 def step_cost(compiled, num_devices: int, scopes: tuple = ()) -> StepCost:
     """The `StepCost` of a compiled (per-device, SPMD-partitioned) step, its HBM traffic also
     filed under the name `scopes` its kernels came from."""
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    cost = _xla_cost(compiled)
     mem = compiled.memory_analysis()
     memory = {name: int(getattr(mem, f"{name}_size_in_bytes"))
               for name in ("argument", "output", "temp", "alias", "generated_code")}
@@ -522,9 +527,7 @@ def program_flops(lowered) -> float:
     the iterations after the first. It does not depend on the backend's kernels (cuBLAS and cuDNN
     custom calls, Pallas): lowered with XLA attention and no rematerialisation, it is the model
     FLOPs that model FLOPs utilisation divides by (`experiments/bench_step.py`)."""
-    cost = lowered.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost.get("flops", 0.0)) + loop_costs(lowered.as_text(dialect="hlo"), 1).flops
+    return float(_xla_cost(lowered).get("flops", 0.0)) + loop_costs(lowered.as_text(dialect="hlo"), 1).flops
 
 
 def hbm_shortfall(error: Exception) -> tuple[int, int] | None:
