@@ -1,6 +1,7 @@
 """One UNet feed-forward compiled for a TPU slice with fsdp-split kernels, with and without
-FSDP's explicit all-gather of each kernel before use (`jaxdistill.models.target.gather_weight`):
-HBM traffic, FLOPs, collectives and the loops XLA adds (needs the libtpu extra; seconds).
+FSDP's explicit all-gather of each kernel before use and reduce-scatter of its gradient after
+(`jaxdistill.models.target.gather_weight`): HBM traffic, FLOPs, collectives and the loops XLA
+adds (needs the libtpu extra; seconds).
 
     python experiments/fsdp_gather.py                          # SD1.5 64x64 GEGLU, v5p-64 at (1, 32, 1)
     python experiments/fsdp_gather.py --topology v5e-256 --mesh 4,64,1 --per_chip 2 --dim 640 --tokens 1024
@@ -8,6 +9,8 @@ HBM traffic, FLOPs, collectives and the loops XLA adds (needs the libtpu extra; 
 Without the gather, XLA's SPMD partitioner keeps a kernel split over fsdp while the batch is
 split over the same axis and runs the matmul as a windowed einsum (`windowed_dot_general` loops,
 collective-permutes of kernel shards), every trip reading and writing the whole output. The
+gathered kernels' gradients are constrained back to the kernels' shards (a reduce-scatter where
+XLA makes one); the middle row leaves them whole over fsdp, as the gather's transpose does. The
 feed-forward is `jaxdistill.models.unet.FeedForward` (GEGLU, 4x), value and gradient of a sum of
 squares, its activations rematerialised as the planning rows do.
 """
@@ -29,7 +32,13 @@ from jaxdistill.train import sharding as shd
 from jaxdistill.train import topology as tpu
 
 
-def compile_feed_forward(mesh, dim: int, tokens: int, batch: int, gather: bool):
+KERNELS = ("as split", "gathered, gradient whole", "gathered")
+
+
+def compile_feed_forward(mesh, dim: int, tokens: int, batch: int, kernels: str):
+    """The feed-forward's value and gradient compiled for `mesh`, its kernels (`KERNELS`) as
+    split (traced outside `compiling_for`: the layers see no mesh), gathered with the gradient
+    left whole (the gather as a plain sharding constraint), or gathered as the layers do."""
     ff = FeedForward(dim, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(ff, nnx.Param)
     params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), nnx.to_pure_dict(params))
@@ -41,10 +50,16 @@ def compile_feed_forward(mesh, dim: int, tokens: int, batch: int, gather: bool):
     step = jax.jit(jax.grad(loss, argnums=(0, 1)),
                    in_shardings=(shd.named(mesh, shd.param_specs(ff)), NamedSharding(mesh, P(shd.BATCH_AXES))))
     x = jax.ShapeDtypeStruct((batch, tokens, dim), jnp.bfloat16)
-    if not gather:  # traced outside `compiling_for`, the layers see no mesh and leave their kernels as split
+    if kernels == "as split":
         return step.lower(params, x).compile()
-    with target.compiling_for(mesh):
-        return step.lower(params, x).compile()
+    gather = target._gather
+    if kernels == "gathered, gradient whole":
+        target._gather = lambda w, whole, own: jax.lax.with_sharding_constraint(w, whole)
+    try:
+        with target.compiling_for(mesh):
+            return step.lower(params, x).compile()
+    finally:
+        target._gather = gather
 
 
 def main() -> None:
@@ -60,16 +75,16 @@ def main() -> None:
     chips = len(devices)
     print(f"FeedForward({args.dim}) on [{args.per_chip * chips}, {args.tokens}, {args.dim}] bf16, {args.topology} "
           f"at mesh {args.mesh}; per chip:")
-    print(f"{'kernels':<10} {'HBM GB':>8} {'TFLOPs':>7} {'collectives MiB':>40} {'loops (windowed einsum)':>24}")
-    for gather in (False, True):
-        compiled = compile_feed_forward(mesh, args.dim, args.tokens, args.per_chip * chips, gather)
+    print(f"{'kernels':<25} {'HBM GB':>8} {'TFLOPs':>7} {'collectives MiB':>60} {'loops (windowed einsum)':>24}")
+    for kernels in KERNELS:
+        compiled = compile_feed_forward(mesh, args.dim, args.tokens, args.per_chip * chips, kernels)
         cost = costs.step_cost(compiled, chips)
         text = compiled.as_text()
         loops = re.findall(r" while\(.*body=%?([\w.\-]+)", text)
         windowed = sum("windowed" in body for body in loops)
         sent = ", ".join(f"{k} {v / 2**20:.1f}" for k, v in cost.collectives.items() if v)
-        print(f"{'gathered' if gather else 'as split':<10} {cost.bytes_accessed / 1e9:>8.2f} {cost.flops / 1e12:>7.2f} "
-              f"{sent:>40} {len(loops):>12} ({windowed})")
+        print(f"{kernels:<25} {cost.bytes_accessed / 1e9:>8.2f} {cost.flops / 1e12:>7.2f} "
+              f"{sent:>60} {len(loops):>12} ({windowed})")
 
 
 if __name__ == "__main__":

@@ -263,17 +263,18 @@ def test_samplers_trace_for_their_mesh():
     assert out.sharding.spec == P(("data", "fsdp"))  # the constraint, as the step's activations get
 
 
-def test_layers_gather_their_kernels_over_fsdp_before_use():
+def test_layers_gather_their_kernels_over_fsdp_before_use_and_scatter_their_gradients():
     """FSDP's all-gather before use (`target.gather_weight`): a linear layer's fsdp-split kernel
     is constrained whole (and split over tensor along its "mlp" axis) before its matmul, so XLA
     cannot run it as a windowed einsum over kernel shards (`test_planning` compiles that case for
-    a TPU slice); the gradient is the unsharded one."""
+    a TPU slice); its gradient is constrained back to the kernel's own sharding (a reduce-scatter
+    of the batch shards' partial sums, not an all-reduce); the gradient is the unsharded one."""
     import re
 
     from jaxdistill.models import layers, target
     from jaxdistill.train import sharding
 
-    assert {a for a, m in sharding.DEFAULT_RULES if m == "tensor"} == set(layers.TENSOR_LOGICAL_AXES)
+    assert {a: m for a, m in sharding.DEFAULT_RULES if a != "batch"} == layers.KERNEL_MESH_AXES
     mesh = make_mesh((1, 4, 2))
     layer = layers.dense(16, 32, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(layer, nnx.Param)
@@ -287,13 +288,16 @@ def test_layers_gather_their_kernels_over_fsdp_before_use():
                                                  NamedSharding(mesh, P(sharding.BATCH_AXES))))
     with target.compiling_for(mesh):
         lowered = grad.lower(params, x).as_text()
-    # the [16, 32] kernel, split (fsdp 4, tensor 2) on entry, is constrained whole over fsdp and split over tensor
-    assert re.search(r'sharding_constraint %\S+ <@mesh, \[\{\}, \{"tensor"\}\]> : tensor<16x32xf32>', lowered)
+    constraints = re.findall(r'sharding_constraint %\S+ <@mesh, (\[.*?\])> : tensor<16x32xf32>', lowered)
+    # the [16, 32] kernel, split (fsdp 4, tensor 2) on entry, is constrained whole over fsdp and
+    # split over tensor; its cotangent is summed whole, then sliced back to (fsdp, tensor)
+    assert constraints == ['[{}, {"tensor"}]', '[{}, {"tensor"}]', '[{"fsdp"}, {"tensor"}]'], constraints
     with target.compiling_for(mesh):
         sharded = grad(params, x)
     expected = jax.grad(loss)(params, x)
     np.testing.assert_allclose(sharded["kernel"], expected["kernel"], rtol=1e-5, atol=1e-5)
-    assert target.gather_weight(x, (False, True)) is x  # outside compiling_for: unchanged
+    assert sharded["kernel"].sharding.spec == P("fsdp", "tensor")
+    assert target.gather_weight(x, ("fsdp", "tensor")) is x  # outside compiling_for: unchanged
 
 
 def test_batch_not_divisible_by_data_times_fsdp():

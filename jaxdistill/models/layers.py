@@ -16,7 +16,7 @@ fixed (the 4 latent channels of `conv_in` / `conv_out`) pass `axes` to leave tha
 
 Convolutions and linear layers gather their kernel over the mesh's fsdp axis before use
 (`jaxdistill.models.target.gather_weight`, FSDP's all-gather), so that XLA never runs their
-matmuls as windowed einsums over kernel shards.
+matmuls as windowed einsums over kernel shards, and reduce-scatter their gradients back.
 """
 
 from __future__ import annotations
@@ -35,35 +35,36 @@ from jaxdistill.models.conv import conv_general_dilated
 _SHAPE_ONLY = contextvars.ContextVar("jaxdistill_shape_only", default=False)
 CONV_AXES = ("embed", "mlp")
 DENSE_AXES = ("embed", "mlp")
-# The logical axes `jaxdistill.train.sharding.DEFAULT_RULES` maps to the mesh's tensor axis
-# (tests check they agree); a gathered kernel stays split over tensor along these.
-TENSOR_LOGICAL_AXES = ("mlp", "heads")
+# The mesh axes `jaxdistill.train.sharding.DEFAULT_RULES` maps kernels' logical axes to (tests
+# check they agree): a kernel's own sharding, which `target.gather_weight` gathers over fsdp
+# before use and reduce-scatters its gradient back to.
+KERNEL_MESH_AXES = {"embed": "fsdp", "mlp": "tensor", "heads": "tensor"}
 
 
-def _tensor_dims(axes: tuple) -> tuple:
-    return tuple(a in TENSOR_LOGICAL_AXES for a in axes)
+def _mesh_axes(axes: tuple) -> tuple:
+    return tuple(KERNEL_MESH_AXES.get(a) for a in axes)
 
 
 @dataclasses.dataclass(frozen=True)
 class GatheredDot:
     """`lax.dot_general` with its kernel gathered over fsdp first (`target.gather_weight`);
-    `tensor_dims` marks the kernel dims split over the tensor axis. Frozen, so layers built
-    alike have equal graph definitions."""
+    `kernel_axes` is the kernel's own sharding (a mesh axis or None per dim). Frozen, so layers
+    built alike have equal graph definitions."""
 
-    tensor_dims: tuple
+    kernel_axes: tuple
 
     def __call__(self, lhs, rhs, *args, **kwargs):
-        return jax.lax.dot_general(lhs, target.gather_weight(rhs, self.tensor_dims), *args, **kwargs)
+        return jax.lax.dot_general(lhs, target.gather_weight(rhs, self.kernel_axes), *args, **kwargs)
 
 
 @dataclasses.dataclass(frozen=True)
 class GatheredConv:
     """`jaxdistill.models.conv.conv_general_dilated` with its HWIO kernel gathered over fsdp first."""
 
-    tensor_dims: tuple
+    kernel_axes: tuple
 
     def __call__(self, lhs, rhs, *args, **kwargs):
-        return conv_general_dilated(lhs, target.gather_weight(rhs, self.tensor_dims), *args, **kwargs)
+        return conv_general_dilated(lhs, target.gather_weight(rhs, self.kernel_axes), *args, **kwargs)
 
 
 class _ShapeOnlyRngs:
@@ -115,7 +116,7 @@ def conv(in_channels: int, out_channels: int, kernel_size: int = 3, *, stride: i
             kernel_init=nnx.with_partitioning(_kernel_init(), (None, None) + tuple(axes)),
             bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)),
             dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-            conv_general_dilated=GatheredConv(_tensor_dims((None, None) + tuple(axes))),
+            conv_general_dilated=GatheredConv(_mesh_axes((None, None) + tuple(axes))),
         )
 
 
@@ -128,7 +129,7 @@ def dense(in_features: int, out_features: int, *, use_bias: bool = True, axes: t
             in_features, out_features, use_bias=use_bias,
             kernel_init=nnx.with_partitioning(_kernel_init(), tuple(axes)),
             bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)),
-            dtype=dtype, param_dtype=param_dtype, dot_general=GatheredDot(_tensor_dims(axes)), rngs=rngs,
+            dtype=dtype, param_dtype=param_dtype, dot_general=GatheredDot(_mesh_axes(axes)), rngs=rngs,
         )
 
 

@@ -20,7 +20,8 @@ a chip's published rates imply (`jaxdistill info`).
   in the optimised per-device HLO, times the trip counts of the loops it sits in, with the bytes
   one device sends in a ring over its replica group of n devices: all-reduce 2·S·(n−1)/n,
   all-gather S·(n−1)/n (S its result), reduce-scatter S·(n−1), all-to-all S·(n−1)/n,
-  collective-permute S.
+  collective-permute S. TPU writes a reduce-scatter as a fusion of an `all-reduce-scatter`
+  computation (an all-reduce, then the device's shard sliced); it counts as a reduce-scatter.
 - step time: compute FLOPs / peak, HBM bytes / bandwidth, ICI bytes / (half the chip's
   bidirectional ICI bandwidth: a ring sends one way on each link it uses). The estimate is
   max(compute, HBM) + ICI (collectives not overlapped: an upper bound for a well-overlapped
@@ -420,6 +421,9 @@ def loop_costs(hlo_text: str, num_devices: int, top: int = 10, scopes: tuple = (
                 calls += [(c, "call", 1) for c in callees]
             else:  # fusions and async wrappers: their insides are one kernel, counted above
                 calls += [(c, "kernel", 1) for c in re.findall(r"calls=%?([\w.\-]+)", ins.attrs)]
+        if name.startswith("all-reduce-scatter"):  # TPU's reduce-scatter: an all-reduce, then the shard sliced
+            counted["reduce-scatter"] += counted["all-reduce"] / 2  # a ring reduce-scatter sends half
+            counted["all-reduce"] = 0.0
         own[name] = (flops, traffic, counted, calls)
 
     memo = {}
