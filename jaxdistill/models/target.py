@@ -80,8 +80,9 @@ def gather_weight(w: jax.Array, axes: tuple) -> jax.Array:
     """FSDP's all-gather before use, and its reduce-scatter after: a layer's kernel `w`, whose
     dims are split over the mesh axes `axes` (a mesh axis name or None per dim: the kernel's own
     sharding), constrained whole over `mesh()`'s fsdp axis and still split over tensor; its
-    gradient is constrained back to `axes`, so the partial sums of the batch's shards are
-    reduce-scattered to the kernel's shards. Unchanged outside `compiling_for` or when fsdp is 1.
+    gradient, the sum of the batch shards' partial sums, is taken whole and sliced back to `axes`
+    (one reduce-scatter, where XLA makes the pair one). Unchanged outside `compiling_for` or when
+    fsdp is 1.
 
     Without the gather, XLA's SPMD partitioner may keep a kernel split over fsdp while the batch
     is split over the same axis, and run the matmul as a windowed einsum: a loop over the
@@ -115,7 +116,7 @@ def _gather_fwd(w, whole, own):
 
 
 def _gather_bwd(whole, own, _, g):
-    # Summed whole first, then sliced: XLA makes the pair one reduce-scatter. Constrained to `own`
+    # Summed whole first, then sliced: XLA may make the pair one reduce-scatter. Constrained to `own`
     # directly, XLA may run the kernel-gradient matmul as a windowed einsum over the kernel's
     # shards instead (one SD1.5 feed-forward on a v5p-64: 45.2 GB of HBM against 8.8).
     return (jax.lax.with_sharding_constraint(jax.lax.with_sharding_constraint(g, whole), own),)
