@@ -96,7 +96,8 @@ def gather_weight(w: jax.Array, axes: tuple) -> jax.Array:
     slice: a tiny SD1.5-shaped DMD2 step compiled for a v5p-8 at (1, 4, 1) sent 3.07 MB per chip
     that way and 2.18 MB with the constraint (all-reduce 3.04 → 1.28 MB, reduce-scatter 0.02 →
     0.91). On multi-host slices (v5e-16, v5p-16 to v5p-64, v5e-256) the TPU compiler
-    all-reduces and slices either way; on single-host ones (v5p-8, v5e-8) it reduce-scatters. A custom VJP, so reverse mode only (as the CPU convolution already is)."""
+    all-reduces and slices either way; on single-host ones (v5p-8, v5e-8) it reduce-scatters.
+    A custom VJP, so reverse mode only (as the CPU convolution already is)."""
     m = mesh()
     if m is None or m.shape.get("fsdp", 1) == 1:
         return w
