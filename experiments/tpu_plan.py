@@ -14,7 +14,10 @@ published recipe's global batch, then doubles the batch while it fits (or halves
 does), up to `--max_tries` compiles; the largest batch that compiled is the row's. "Fits" is the
 TPU compiler's own verdict against the chip's HBM. Per-chip memory is XLA's memory analysis of
 that step, and images/s the roofline estimate of `jaxdistill.train.costs` from the chip's
-published peak rates (not a measurement). Each row prints as soon as it is done.
+published peak rates (not a measurement). Each row prints as soon as it is done. With
+`--hlo_dir` each fitting compile's optimised HLO is saved, and `--reread rows.md.jsonl` counts
+those rows' costs again from it in a minute, without compiling (after a change to
+`jaxdistill.train.costs`).
 """
 
 from __future__ import annotations
@@ -63,36 +66,41 @@ def planning_config(recipe_file: str, architecture: str, resolution: int, mesh, 
 
 
 def plan(recipe: str, slice_name: str, batch: int, mesh, remat: str, scan_layers: bool = False,
-         microbatches: int = 1, attention: str = "xla") -> dict:
+         microbatches: int = 1, attention: str = "xla", hlo_dir: str = "") -> dict:
     """`info` of one configuration; {'fits': False, 'needs': bytes, 'free': bytes} (the compiler's
-    temporaries against a chip's free HBM) when the compiler says it does not fit."""
+    temporaries against a chip's free HBM) when the compiler says it does not fit. With `hlo_dir`
+    a fitting step's optimised HLO is written there (gzip), its path under 'hlo'."""
     from jaxdistill.commands.info import info
     from jaxdistill.train import costs
     from jaxdistill.train.program import RunError
 
     path, arch, resolution, _ = RECIPES[recipe]
     config = planning_config(path, arch, resolution, mesh, batch, remat, scan_layers, microbatches, attention)
+    hlo = os.path.join(hlo_dir, f"{recipe.replace('/', '_')}_{slice_name}_{batch}_{microbatches}mb_{attention}"
+                       f"{'_scanned' if scan_layers else ''}.hlo.gz") if hlo_dir else ""
     start = time.perf_counter()
     try:
-        report = info(config, topology=slice_name, print_fn=lambda *_: None)
+        report = info(config, topology=slice_name, hlo_out=hlo, print_fn=lambda *_: None)
     except RunError as e:
         short = costs.hbm_shortfall(e.__cause__) if e.__cause__ is not None else None
         if short is None:
             raise
         return {"fits": False, "batch": batch, "seconds": time.perf_counter() - start,
                 "needs": short[0], "free": short[1]}
-    return {"fits": True, "batch": batch, "seconds": time.perf_counter() - start, **report}
+    return {"fits": True, "batch": batch, "seconds": time.perf_counter() - start, **report,
+            **({"hlo": hlo} if hlo else {})}
 
 
 def search(recipe: str, slice_name: str, max_tries: int, batch: int = 0, remat: str = "",
-           scan_layers: bool = False, microbatches: int = 1, attention: str = "xla") -> tuple[dict | None, list]:
+           scan_layers: bool = False, microbatches: int = 1, attention: str = "xla",
+           hlo_dir: str = "") -> tuple[dict | None, list]:
     mesh, default_remat = SLICES[slice_name]
     remat = remat or default_remat
     unit = mesh[0] * mesh[1] * microbatches  # the batch must be a multiple of microbatches × data × fsdp
     batch = max((batch or RECIPES[recipe][3]) // unit, 1) * unit
     tried, best = [], None
     while len(tried) < max_tries and batch >= unit:
-        r = plan(recipe, slice_name, batch, mesh, remat, scan_layers, microbatches, attention)
+        r = plan(recipe, slice_name, batch, mesh, remat, scan_layers, microbatches, attention, hlo_dir)
         needs = "" if r["fits"] else f"{r['needs'] / 2**30:.2f} GiB of {r['free'] / 2**30:.2f} GiB"
         tried.append((batch, r["fits"], round(r["seconds"]), needs))
         verdict = (f"fits, peak {r['memory_per_device']['peak'] / 2**30:.2f} GiB per chip" if r["fits"]
@@ -128,6 +136,39 @@ def row(recipe: str, slice_name: str, best: dict | None, tried: list, remat: str
             f"({100 * e['hbm_fraction']:.0f}%) | {e['images_per_s']:,.1f} | {e['binds']} | {attempts} |")
 
 
+def _append(out: str, line: str, record: dict) -> None:
+    """Append a row (markdown) to `out` and its record (JSON) to `out`.jsonl, when `out` is set."""
+    if out:
+        with open(out, "a") as f:
+            f.write(line + "\n")
+        with open(out + ".jsonl", "a") as f:
+            f.write(json.dumps(record, default=str) + "\n")
+
+
+def reread(record: dict) -> dict:
+    """A planning record (a line of `--out`'s .jsonl) with its costs counted again from the HLO
+    its compile saved (`--hlo_dir`), with XLA's analyses as recorded: the table under a changed
+    cost model without compiling again."""
+    import gzip
+
+    from jaxdistill.commands.info import cost_report
+    from jaxdistill.train import costs
+    from jaxdistill.train import topology as tpu
+    from jaxdistill.train.step import UPDATE_SCOPES
+
+    best = record["best"]
+    if not best or "hlo" not in best:
+        raise SystemExit(f"{record['recipe']} on {record['slice']}: no saved HLO to read again "
+                         "(compile it with --hlo_dir)")
+    with gzip.open(best["hlo"], "rt") as f:
+        text = f.read()
+    memory = {k: v for k, v in best["memory_per_device"].items() if k != "peak"}
+    xla = {"flops": best["xla_flops_per_device"], "bytes accessed": best["xla_bytes_accessed_per_device"]}
+    step = costs.hlo_step_cost(text, len(tpu.devices(tpu.parse(record["slice"]))), xla, memory, UPDATE_SCOPES)
+    chip = tpu.parse(record["slice"]).chip
+    return {**record, "best": {**best, **cost_report(step, chip, best["global_batch"])}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="", help="comma-separated recipe/teacher/slice, e.g. sid_lsg/sdxl/v5e-256")
@@ -141,27 +182,34 @@ def main() -> None:
     parser.add_argument("--attention", default="xla", choices=("xla", "splash"),
                         help="self-attention kernel (config.model.attention); splash pads head_dim to 128")
     parser.add_argument("--out", default="", help="also append the rows (markdown) and JSON reports here")
+    parser.add_argument("--hlo_dir", default="", help="also write each fitting step's optimised HLO here (gzip)")
+    parser.add_argument("--reread", default="",
+                        help="instead of compiling, count the rows of this .jsonl again from their saved HLO")
     args = parser.parse_args()
     logging.set_verbosity(logging.ERROR)
-    rows = ([r.rsplit("/", 1) for r in args.rows.split(",")] if args.rows
-            else [(r, s) for r in RECIPES for s in SLICES])
     print("| recipe | slice | mesh (data, fsdp, tensor) | remat | largest global batch | per-chip peak (of HBM) "
           "| est. images/s | binds | compiles: global batch, verdict (compile s on a 2-core host) |")
     print("|---|---|---|---|---|---|---|---|---|")
+    if args.reread:
+        with open(args.reread) as f:
+            records = [reread(json.loads(line)) for line in f if line.strip()]
+        for r in records:
+            line = row(r["recipe"], r["slice"], r["best"], r["tried"], r.get("remat", ""), r.get("scan_layers", False),
+                       r["microbatches"], r["attention"])
+            print(line, flush=True)
+            _append(args.out, line, r)
+        return
+    rows = ([r.rsplit("/", 1) for r in args.rows.split(",")] if args.rows
+            else [(r, s) for r in RECIPES for s in SLICES])
     for recipe, slice_name in rows:
         best, tried = search(recipe, slice_name, args.max_tries, args.batch, args.remat, args.scan_layers,
-                             args.microbatches, args.attention)
+                             args.microbatches, args.attention, args.hlo_dir)
         line = row(recipe, slice_name, best, tried, args.remat, args.scan_layers, args.microbatches,
                    args.attention)
         print(line, flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(line + "\n")
-            with open(args.out + ".jsonl", "a") as f:
-                f.write(json.dumps({"recipe": recipe, "slice": slice_name, "microbatches": args.microbatches,
-                                    "attention": args.attention,
-                                    "tried": tried, "best": best},
-                                   default=str) + "\n")
+        _append(args.out, line, {"recipe": recipe, "slice": slice_name, "remat": args.remat,
+                                 "scan_layers": args.scan_layers, "microbatches": args.microbatches,
+                                 "attention": args.attention, "tried": tried, "best": best})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Planning a run without its weights or its hardware (`jaxdistill info [--topology]`): the
 abstract build against the loaded one, the cost report, topology names, and the errors."""
 
+import gzip
+import math
 import os
 import shutil
 
@@ -19,6 +21,7 @@ from jaxdistill.train import costs
 from jaxdistill.train import topology as tpu
 from jaxdistill.train.program import RunError, _mesh
 from jaxdistill.train.sharding import make_mesh
+from jaxdistill.train.step import UPDATE_SCOPES
 
 from sd_folder import make_tiny_sd
 
@@ -215,8 +218,8 @@ def test_loop_bodies_count_once_per_iteration():
     assert lc.unknown_trip_counts == 0
     assert lc.flops == 9 * 2 * 64 * 256 * 256
     # The all-gather reads x and writes ag (2·64·256·4); the fusion reads ag (64·256·4), the slice
-    # of w (256·256·4) and the index (4), and writes y (64·256·4).
-    assert lc.bytes_accessed == 9 * (2 * 64 * 256 * 4 + 2 * 64 * 256 * 4 + 256 * 256 * 4 + 4)
+    # of w (256·256·4) and the index (4), and writes y (64·256·4); ten times, then the all-reduce.
+    assert lc.hbm_bytes == 10 * (2 * 64 * 256 * 4 + 2 * 64 * 256 * 4 + 256 * 256 * 4 + 4) + 2 * 64 * 256 * 4
     assert lc.collectives["all-gather"] == 10 * 64 * 256 * 4 * 7 / 8
     assert lc.collectives["all-reduce"] == 64 * 256 * 4 * 2 * 7 / 8  # outside the loop: once
     unknown = costs.loop_costs(LOOP_HLO.replace("constant(10)", "constant(10)\n  %other = s32[] constant(3)"), 8)
@@ -250,6 +253,50 @@ def test_traffic_counts_the_tiles_a_tpu_layout_pads_to():
     assert moved("2,1,0") == 2 * 64 * 64 * 4 * 4  # no tiles: its elements
     assert moved("2,1,0:T(8,128)") == 2 * 64 * 64 * 128 * 4
     assert moved("1,0,2:T(8,128)") == 2 * 64 * 128 * 4 * 4  # dimension 1 (64) minor, padded to 128
+
+
+# What XLA's memory-space assignment makes of a TPU program (from a v5e compile, trimmed): an
+# operand prefetched into VMEM (S(1)) by an async copy, a result kept there, and a buffer brought
+# in by two async slices and joined in VMEM.
+VMEM_HLO = """
+%fused_sin (p0: bf16[4096,4096]) -> bf16[4096,4096] {
+  %p0 = bf16[4096,4096]{1,0:T(8,128)(2,1)} parameter(0)
+  ROOT %s = bf16[4096,4096]{1,0:T(8,128)(2,1)S(1)} sine(%p0)
+}
+
+%fused_mul (p0: bf16[4096,4096], p1: bf16[4096,4096]) -> bf16[4096,4096] {
+  %p0 = bf16[4096,4096]{1,0:T(8,128)(2,1)S(1)} parameter(0)
+  %p1 = bf16[4096,4096]{1,0:T(8,128)(2,1)S(1)} parameter(1)
+  ROOT %m = bf16[4096,4096]{1,0:T(8,128)(2,1)} multiply(%p0, %p1)
+}
+
+ENTRY %main (a: bf16[4096,4096], b: s8[8388608]) -> (bf16[4096,4096], s8[8388608]) {
+  %a = bf16[4096,4096]{1,0:T(8,128)(2,1)} parameter(0)
+  %b = s8[8388608]{0:T(1024)(128)(4,1)} parameter(1)
+  %copy-start = (bf16[4096,4096]{1,0:T(8,128)(2,1)S(1)}, bf16[4096,4096]{1,0:T(8,128)(2,1)}, u32[]{:S(2)}) copy-start(%a)
+  %sin = bf16[4096,4096]{1,0:T(8,128)(2,1)S(1)} fusion(%a), kind=kLoop, calls=%fused_sin
+  %copy-done = bf16[4096,4096]{1,0:T(8,128)(2,1)S(1)} copy-done(%copy-start)
+  %mul = bf16[4096,4096]{1,0:T(8,128)(2,1)} fusion(%sin, %copy-done), kind=kLoop, calls=%fused_mul
+  %slice-start.0 = ((s8[8388608]{0:T(1024)(128)(4,1)}), s8[4194304]{0:T(1024)(128)(4,1)S(1)}, s32[]{:S(2)}) slice-start(%b), slice={[0:4194304]}
+  %slice-start.1 = ((s8[8388608]{0:T(1024)(128)(4,1)}), s8[4194304]{0:T(1024)(128)(4,1)S(1)}, s32[]{:S(2)}) slice-start(%b), slice={[4194304:8388608]}
+  %slice-done.0 = s8[4194304]{0:T(1024)(128)(4,1)S(1)} slice-done(%slice-start.0)
+  %slice-done.1 = s8[4194304]{0:T(1024)(128)(4,1)S(1)} slice-done(%slice-start.1)
+  %joined = s8[8388608]{0:T(1024)(128)(4,1)S(1)} custom-call(%slice-done.0, %slice-done.1), custom_call_target="ConcatBitcast"
+  %evict-start = (s8[8388608]{0:T(1024)(128)(4,1)}, s8[8388608]{0:T(1024)(128)(4,1)S(1)}, u32[]{:S(2)}) copy-start(%joined)
+  %evicted = s8[8388608]{0:T(1024)(128)(4,1)} copy-done(%evict-start)
+  ROOT %out = (bf16[4096,4096]{1,0:T(8,128)(2,1)}, s8[8388608]{0:T(1024)(128)(4,1)}) tuple(%mul, %evicted)
+}
+"""
+
+
+def test_hbm_traffic_leaves_out_what_stays_in_vmem():
+    """Arrays in VMEM (memory space 1) are not HBM traffic; the async copies and slices that move
+    them count on their HBM side only: here a is read twice (the sine, the prefetch), the product
+    written once, b read once in two slices and written once when evicted."""
+    a, b = 4096 * 4096 * 2, 8388608
+    lc = costs.loop_costs(VMEM_HLO, num_devices=1)
+    assert lc.hbm_bytes == 3 * a + 2 * b
+    assert lc.traffic_by_kind["other"] == 0  # the join in VMEM
 
 
 # Splash attention's kernels as the TPU compiler prints them (from a v5p compile of its gradient,
@@ -326,22 +373,27 @@ def test_a_scanned_step_costs_what_the_unrolled_one_does():
     assert abs(lowered_flops / expected - 1) < 0.05, (lowered_flops, expected)
 
 
-def test_every_critic_update_is_counted():
+def test_every_critic_update_is_counted(tmp_path):
     """DMD2's critic updates run as a lax.scan; the planner counts each of them: every two more
     updates add the same FLOPs, and the same bytes filed under the critic updates. The traffic
-    filed by kernel kind adds up to the step's bytes accessed (XLA's count of the first
-    iteration, jaxdistill's of the others)."""
+    filed by kernel kind and by scope adds up to the step's HBM bytes. The HLO `info` saves
+    (`hlo_out`) is counted again to the same report without compiling."""
     flops, critic_bytes = [], []
     for n in (3, 5, 7):
         config = mixture_config("dmd2", "tiny")
         config.optim.n_critic = n
-        report = info(config, print_fn=lambda *_: None)
+        hlo = str(tmp_path / f"step{n}.hlo.gz")
+        report = info(config, hlo_out=hlo, print_fn=lambda *_: None)
         assert report["loops_counted_once"] == 0
         flops.append(report["step_flops_per_device"])
         critic_bytes.append(report["hbm_traffic_by_scope"]["critic_update"])
         filed = sum(report["hbm_traffic_by_kind"].values())
-        assert abs(filed / report["step_bytes_accessed_per_device"] - 1) < 0.05
-        assert filed == sum(report["hbm_traffic_by_scope"].values())
+        assert filed == report["step_bytes_accessed_per_device"] == sum(report["hbm_traffic_by_scope"].values())
+        with gzip.open(hlo, "rt") as f:
+            again = costs.hlo_step_cost(f.read(), math.prod(report["mesh"].values()), {"flops": report["xla_flops_per_device"]},
+                                        report["memory_per_device"], UPDATE_SCOPES)
+        assert (again.flops, again.bytes_accessed, again.collectives) == (
+            report["step_flops_per_device"], filed, report["collective_bytes_per_device"])
     assert flops[1] - flops[0] == flops[2] - flops[1] > 0.25 * flops[0]
     assert critic_bytes[1] - critic_bytes[0] == critic_bytes[2] - critic_bytes[1] > 0
 

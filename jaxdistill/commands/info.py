@@ -1,9 +1,10 @@
 """`jaxdistill info --config configs/<recipe>.py[:variant] [--topology v5p:4x4x4] [--config.a.b=value]`.
 
 Prints what a config resolves to without training or loading weights: every config value, the
-devices and mesh, parameter counts and state bytes, and the compiled train step's costs from
-XLA's own analyses (`jaxdistill.train.costs`): memory per device, FLOPs, bytes accessed and
-collective traffic per device, every iteration of the step's loops (scanned layers) counted.
+devices and mesh, parameter counts and state bytes, and the compiled train step's costs
+(`jaxdistill.train.costs`): XLA's memory analysis per device, FLOPs, HBM bytes and collective
+traffic per device, every iteration of the step's loops (scanned layers) counted.
+`--hlo_out step.hlo.gz` also saves the optimised HLO, to count again without compiling.
 
 `--topology` plans a TPU run from any host, a CPU included: the step is compiled ahead of time
 for that slice's chips (`jaxdistill.train.topology`; needs the libtpu extra), its per-chip
@@ -20,6 +21,7 @@ else `--num_prompts` rows.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import math
 
@@ -49,9 +51,11 @@ def _gib(n) -> str:
     return f"{n:,.0f} B"
 
 
-def info(config, *, topology: str = "", num_prompts: int = 1024, print_fn=print) -> dict:
+def info(config, *, topology: str = "", num_prompts: int = 1024, hlo_out: str = "", print_fn=print) -> dict:
     """Build the run abstractly on this host's devices or a TPU `topology`, compile its step and
-    report its costs (see the module docstring); returns the report as a dict."""
+    report its costs (see the module docstring); returns the report as a dict. `hlo_out` also
+    writes the optimised per-device HLO text there (gzip when it ends in .gz), to read again
+    without compiling (`costs.loop_costs`)."""
     chip, devices = None, None
     if topology:
         try:
@@ -76,6 +80,9 @@ def info(config, *, topology: str = "", num_prompts: int = 1024, print_fn=print)
                        "chips (--config.mesh.shape with a larger fsdp axis) or save memory with "
                        "--config.model.remat.") from e
     n = len(d.mesh.devices.flat)
+    if hlo_out:
+        with (gzip.open if hlo_out.endswith(".gz") else open)(hlo_out, "wt") as f:
+            f.write(compiled.as_text())
     step = costs.step_cost(compiled, n, scopes=UPDATE_SCOPES)
     report = {
         "devices": f"{n} × {d.mesh.devices.flat[0].device_kind}" + (f" ({slice_.name}, {slice_.slice_name})"
@@ -88,6 +95,16 @@ def info(config, *, topology: str = "", num_prompts: int = 1024, print_fn=print)
                        "teacher": _count(job.teacher)},
         "state_bytes": _bytes(d.state),
         "compile_seconds": round(d.compile_seconds, 2),
+        **cost_report(step, chip, config.train.batch_size),
+    }
+    _print(report, job, d, print_fn)
+    return report
+
+
+def cost_report(step: costs.StepCost, chip, global_batch: int) -> dict:
+    """The report's fields that come from a step's `StepCost`, with the roofline estimate on
+    `chip` (a `topology.Chip`) when there is one."""
+    report = {
         "step_flops_per_device": step.flops,
         "step_bytes_accessed_per_device": step.bytes_accessed,
         "xla_flops_per_device": step.xla_flops,
@@ -106,9 +123,8 @@ def info(config, *, topology: str = "", num_prompts: int = 1024, print_fn=print)
         report["chip"] = {"hbm_bytes": chip.hbm_bytes, "bf16_flops": chip.bf16_flops,
                           "hbm_bytes_per_s": chip.hbm_bytes_per_s, "ici_bytes_per_s": chip.ici_bytes_per_s}
         report["estimate"] = {**{f"{k}_s": v for k, v in times.items() if k != "binds"}, "binds": times["binds"],
-                              "images_per_s": config.train.batch_size / times["estimate"],
+                              "images_per_s": global_batch / times["estimate"],
                               "hbm_fraction": step.peak_bytes / chip.hbm_bytes}
-    _print(report, job, d, print_fn)
     return report
 
 
@@ -121,8 +137,9 @@ def _print(report: dict, job, d, print_fn) -> None:
              f"{p['discriminator_head']:,}, teacher {p['teacher']:,}; train state {_gib(report['state_bytes'])}")
     print_fn(f"train step (one iteration: {d.spec.n_critic} critic update(s) + 1 generator update), per device: "
              f"{report['step_flops_per_device']:,.0f} FLOPs, {report['step_bytes_accessed_per_device']:,.0f} bytes "
-             f"accessed (XLA's cost analysis, each loop body once: {report['xla_flops_per_device']:,.0f} and "
-             f"{report['xla_bytes_accessed_per_device']:,.0f}); compiled in {report['compile_seconds']} s")
+             f"of HBM traffic (XLA's cost analysis, each loop body once, every memory: "
+             f"{report['xla_flops_per_device']:,.0f} and {report['xla_bytes_accessed_per_device']:,.0f} bytes "
+             f"accessed); compiled in {report['compile_seconds']} s")
     if report["loops_counted_once"]:
         print_fn(f"note: {report['loops_counted_once']} loop(s) in the compiled step have no trip count jaxdistill "
                  "could read; their bodies are counted once in FLOPs, bytes and collectives (an underestimate)")
@@ -159,5 +176,6 @@ def main() -> None:
     topology = flags.DEFINE_string("topology", "", "plan for a TPU slice without its hardware, e.g. v5p:4x4x4, "
                                    "v5p-64, v5e:16x16, v5e-256, v6e-256 (needs libtpu: pip install \"jax[tpu]\")")
     num_prompts = flags.DEFINE_integer("num_prompts", 1024, "prompt bank rows when the config has no prompt file")
+    hlo_out = flags.DEFINE_string("hlo_out", "", "also write the compiled step's optimised HLO text here (.gz: gzip)")
     flags.mark_flags_as_required(["config"])
-    run(lambda: info(config.value, topology=topology.value, num_prompts=num_prompts.value))
+    run(lambda: info(config.value, topology=topology.value, num_prompts=num_prompts.value, hlo_out=hlo_out.value))

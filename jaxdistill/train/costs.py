@@ -4,18 +4,21 @@ a chip's published rates imply (`jaxdistill info`).
 - memory: `Compiled.memory_analysis()` — arguments, outputs, temporaries, aliased (donated)
   bytes and generated code per device; the peak is arguments + outputs − aliased + temporaries
   + code.
-- FLOPs and bytes accessed: `Compiled.cost_analysis()` of the per-device program, which counts
-  a loop body once, plus what the other iterations of each loop cost (`loop_costs`): the FLOPs
-  (dots, convolutions, elementwise ops, reductions, as XLA counts them) and the kernels'
-  operand and result bytes of every `while` body in the optimised HLO, times its trip count
-  less one. The critic updates (`lax.scan` over n_critic) and scanned UNet layers
+- FLOPs: `Compiled.cost_analysis()` of the per-device program, which counts a loop body once,
+  plus the FLOPs (dots, convolutions, elementwise ops, reductions, as XLA counts them) of the
+  other iterations of each `while` loop in the optimised HLO, times its trip count less one
+  (`loop_costs`). The critic updates (`lax.scan` over n_critic) and scanned UNet layers
   (`model.scan_layers`) are such loops. XLA sees no FLOPs in a Pallas kernel: the
-  splash-attention kernels' matmul FLOPs and their tiles' re-reads of K and V are counted from
-  their operand shapes (`splash_costs`). Kernel bytes are counted as TPU layouts store the
-  arrays, padded to their tiles.
-- HBM traffic breakdown: every kernel's bytes, times the trip counts of the loops it runs in,
-  by kernel kind and by the name scope (a critic or generator update) it came from, and the
-  kernels that move the most (`loop_costs`).
+  splash-attention kernels' matmul FLOPs are counted from their operand shapes (`splash_costs`).
+- HBM bytes: jaxdistill's own count, not XLA's: every kernel's operand and result bytes that
+  live in HBM, times the trip counts of the loops it runs in. Arrays are counted as TPU layouts
+  store them, padded to their tiles. An array in VMEM (memory space 1, where XLA's memory-space
+  assignment prefetches operands and keeps results) is not HBM traffic; the async copies and
+  slices that move it between HBM and VMEM are, on their HBM side. The splash kernels' re-reads
+  of K and V (or Q, dO) per tile are added (`splash_costs`). XLA's own count (every body once,
+  logical shapes, every memory space) is reported beside it. The same bytes are filed by kernel
+  kind and by the name scope (a critic or generator update) they came from, with the kernels
+  that move the most.
 - collectives: every all-reduce, all-gather, reduce-scatter, all-to-all and collective-permute
   in the optimised per-device HLO, times the trip counts of the loops it sits in, with the bytes
   one device sends in a ring over its replica group of n devices: all-reduce 2·S·(n−1)/n,
@@ -53,24 +56,45 @@ def _array_bytes(type_text: str) -> list[int]:
     return out
 
 
-_TILED = re.compile(r"\b([a-z]+\d*[a-z0-9]*)\[([\d,]*)\](?:\{([\d,]*):T\(([\d,]+)\))?")
+_TILED = re.compile(r"\b([a-z]+\d*[a-z0-9]*)\[([\d,]*)\](?:\{([\d,]*)(?::([^}]*))?\})?")
+_TILE = re.compile(r"T\(([\d,]+)\)")
+_MEMORY_SPACE = re.compile(r"S\((\d+)\)")
 
 
 def _bytes(type_text: str) -> int:
-    """Bytes of the arrays in an HLO type as laid out in memory: a TPU layout such as
+    """HBM bytes of the arrays in an HLO type as laid out in memory: a TPU layout such as
     `{3,2,1,0:T(8,128)}` stores its minor-most dimensions in tiles of 8 × 128 elements, so they
     are padded to multiples of the tile (a [64, 64, 4] latent with channels minor takes 32× its
-    size). An array without a tiled layout counts its elements."""
+    size). An array in another memory space (`S(1)`, TPU's on-chip VMEM, where XLA's memory-space
+    assignment prefetches operands; `S(2)`, sync flags) is not in HBM and counts nothing. An array
+    without a tiled layout counts its elements."""
     total = 0
-    for dtype, dims, minor_to_major, tile in _TILED.findall(type_text):
-        if dtype not in DTYPE_BYTES:
+    for dtype, dims, minor_to_major, layout in _TILED.findall(type_text):
+        space = _MEMORY_SPACE.search(layout)
+        if dtype not in DTYPE_BYTES or (space and space.group(1) != "0"):
             continue
         shape = [int(d) for d in dims.split(",") if d]
         order = [int(d) for d in minor_to_major.split(",") if d]
-        for dim, size in zip(order, reversed([int(t) for t in tile.split(",") if t]) if tile else ()):
+        tile = _TILE.search(layout)
+        for dim, size in zip(order, reversed([int(t) for t in tile.group(1).split(",")]) if tile else ()):
             shape[dim] = -(-shape[dim] // size) * size
         total += math.prod(shape) * DTYPE_BYTES[dtype]
     return total
+
+
+_ARRAY_TYPE = re.compile(r"[a-z]+\d*[a-z0-9]*\[[\d,]*\](?:\{[^}]*\})?")
+
+
+def _async_copy_traffic(ins, types: dict) -> float:
+    """HBM bytes of an async copy or slice between memory spaces (`copy-start`, returning
+    (destination, source, context), or `slice-start`, returning ((source,), destination,
+    context)): the destination's size, read from the source and written to the destination,
+    each where it is in HBM (a prefetch into VMEM reads HBM; an eviction writes it)."""
+    arrays = _ARRAY_TYPE.findall(ins.type)
+    destination = (arrays[0] if ins.op == "copy-start" else arrays[-2]) if len(arrays) >= 2 else ""
+    source = types.get(ins.operands[0], "") if ins.operands else ""
+    size = _bytes(_MEMORY_SPACE.sub("", destination))
+    return (size if _bytes(source) else 0.0) + _bytes(destination)
 
 
 def _group_size(line: str, num_devices: int) -> int:
@@ -119,7 +143,7 @@ _PARAM = re.compile(r"([\w.\-]+): ([a-z]+\d*[a-z0-9]*\[[\d,]*\])")
 _DIMS = re.compile(r"\[([\d,]*)\]")
 # Instructions that move no data of their own (views, tuples, control flow, parameters).
 _NO_TRAFFIC = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "call", "conditional",
-               "after-all", "partition-id", "replica-id", "opt-barrier", "copy-start", "copy-done"}
+               "after-all", "partition-id", "replica-id", "opt-barrier"}
 
 
 @dataclasses.dataclass
@@ -290,9 +314,10 @@ def _trip_count(ins: _Instr, comps: dict) -> int | None:
 @dataclasses.dataclass
 class LoopCosts:
     """What XLA's cost analysis leaves out: the iterations of a loop after the first (it counts
-    a body once), and the splash-attention kernels (it sees no FLOPs in a Pallas kernel)."""
+    a body once), the splash-attention kernels (it sees no FLOPs in a Pallas kernel) and which
+    memory a kernel's arrays are in; and jaxdistill's own count of the HBM traffic."""
     flops: float  # FLOPs (as XLA counts them) of every loop iteration after the first
-    bytes_accessed: float  # operand + result bytes of those iterations' kernels
+    hbm_bytes: float  # HBM bytes every kernel reads and writes (`_bytes`), every loop iteration counted
     collectives: dict  # bytes sent per device, by kind, every iteration counted
     unknown_trip_counts: int  # loops whose trip count could not be read, counted once
     splash_flops: float = 0.0  # the splash kernels' FLOPs, every call counted (`splash_costs`)
@@ -388,7 +413,7 @@ def loop_costs(hlo_text: str, num_devices: int, top: int = 10, scopes: tuple = (
     # and the splash kernels' costs, [(callee, kind, trip count)])
     own, kernels = {}, {}
     for name, (instrs, types) in comps.items():
-        flops, traffic, calls, kernels[name] = 0.0, 0.0, [], []
+        flops, calls, kernels[name] = 0.0, [], []
         counted = dict.fromkeys(COLLECTIVES + ("splash_flops", "splash_bytes", "splash_calls"), 0.0)
         for ins in instrs:
             flops += _flops(ins, types)
@@ -403,9 +428,10 @@ def loop_costs(hlo_text: str, num_devices: int, top: int = 10, scopes: tuple = (
             moved = 0.0
             if ins.op == "fusion":
                 moved = _fusion_traffic(ins, comps, types)
+            elif ins.op in ("copy-start", "slice-start"):
+                moved = _async_copy_traffic(ins, types)
             elif ins.op not in _NO_TRAFFIC and not ins.op.endswith("-done"):
                 moved = _bytes(ins.type) + sum(_bytes(types.get(o, "")) for o in ins.operands)
-            traffic += moved
             if moved or splash:
                 kernels[name].append((moved + (splash[1] if splash else 0.0), ins))
             if ins.op == "while":
@@ -424,30 +450,30 @@ def loop_costs(hlo_text: str, num_devices: int, top: int = 10, scopes: tuple = (
         if name.startswith("all-reduce-scatter"):  # TPU's reduce-scatter: an all-reduce, then the shard sliced
             counted["reduce-scatter"] += counted["all-reduce"] / 2  # a ring reduce-scatter sends half
             counted["all-reduce"] = 0.0
-        own[name] = (flops, traffic, counted, calls)
+        own[name] = (flops, counted, calls)
 
     memo = {}
 
-    def total(name: str, trips: bool, kernels: bool) -> tuple[float, float, dict]:
-        key = (name, trips, kernels)
+    def total(name: str, trips: bool) -> tuple[float, dict]:
+        key = (name, trips)
         if key not in memo:
-            memo[key] = (0.0, 0.0, {})  # a cycle (none in valid HLO) adds nothing
-            flops, traffic, counted, calls = own.get(name, (0.0, 0.0, {}, []))
-            traffic, counted = traffic if kernels else 0.0, dict(counted)
+            memo[key] = (0.0, {})  # a cycle (none in valid HLO) adds nothing
+            flops, counted, calls = own.get(name, (0.0, {}, []))
+            counted = dict(counted)
             for callee, kind, n in calls:
                 times = n if trips and kind == "loop" else 1
-                f, b, c = total(callee, trips, kernels and kind != "kernel")
-                flops, traffic = flops + times * f, traffic + times * b
+                f, c = total(callee, trips)
+                flops += times * f
                 for k, v in c.items():
                     counted[k] += times * v
-            memo[key] = (flops, traffic, counted)
+            memo[key] = (flops, counted)
         return memo[key]
 
     runs = {}  # computation: how often it runs in a step (kernels' insides are counted at the kernel)
 
     def visit(name: str, times: int) -> None:
         runs[name] = runs.get(name, 0) + times
-        for callee, kind, n in own.get(name, (0.0, 0.0, {}, []))[3]:
+        for callee, kind, n in own.get(name, (0.0, {}, []))[2]:
             if kind != "kernel":
                 visit(callee, times * (n if kind == "loop" else 1))
 
@@ -465,9 +491,9 @@ def loop_costs(hlo_text: str, num_devices: int, top: int = 10, scopes: tuple = (
             found.append(TrafficKernel(times * moved, times, kind, ins.type.split("{")[0], op_name))
     found.sort(key=lambda k: -k.bytes)
 
-    once, full = total(entry, False, True), total(entry, True, True)
-    every = full[2]
-    return LoopCosts(flops=full[0] - once[0], bytes_accessed=full[1] - once[1],
+    once, full = total(entry, False), total(entry, True)
+    every = full[1]
+    return LoopCosts(flops=full[0] - once[0], hbm_bytes=sum(by_kind.values()),
                      collectives={k: every.get(k, 0.0) for k in COLLECTIVES}, unknown_trip_counts=len(unknown),
                      splash_flops=every.get("splash_flops", 0.0), splash_bytes=every.get("splash_bytes", 0.0),
                      splash_calls=every.get("splash_calls", 0.0), traffic_by_kind=by_kind, top_kernels=found[:top],
@@ -487,7 +513,7 @@ class StepCost:
     top_kernels: list = dataclasses.field(default_factory=list)  # `TrafficKernel`s
     traffic_by_scope: dict = dataclasses.field(default_factory=dict)  # jaxdistill's own count (`loop_costs`)
     xla_flops: float = 0.0  # of `flops`: XLA's cost analysis (every loop body once, no Pallas kernel)
-    xla_bytes_accessed: float = 0.0  # of `bytes_accessed`: the same
+    xla_bytes_accessed: float = 0.0  # XLA's count of the bytes (every loop body once, every memory, no tiles)
 
     @property
     def peak_bytes(self) -> int:
@@ -511,18 +537,26 @@ def _xla_cost(program) -> dict:
 def step_cost(compiled, num_devices: int, scopes: tuple = ()) -> StepCost:
     """The `StepCost` of a compiled (per-device, SPMD-partitioned) step, its HBM traffic also
     filed under the name `scopes` its kernels came from."""
-    cost = _xla_cost(compiled)
     mem = compiled.memory_analysis()
     memory = {name: int(getattr(mem, f"{name}_size_in_bytes"))
               for name in ("argument", "output", "temp", "alias", "generated_code")}
-    loops = loop_costs(compiled.as_text(), num_devices, scopes=scopes)
-    return StepCost(flops=float(cost.get("flops", 0.0)) + loops.flops + loops.splash_flops,
-                    bytes_accessed=float(cost.get("bytes accessed", 0.0)) + loops.bytes_accessed + loops.splash_bytes,
+    return hlo_step_cost(compiled.as_text(), num_devices, _xla_cost(compiled), memory, scopes)
+
+
+def hlo_step_cost(hlo_text: str, num_devices: int, xla_cost: dict, memory: dict, scopes: tuple = ()) -> StepCost:
+    """The `StepCost` of a step's optimised HLO text, given XLA's cost analysis of it (its
+    'flops' and 'bytes accessed') and its memory analysis: FLOPs are XLA's plus the loop
+    iterations and splash kernels it does not see; HBM bytes are jaxdistill's count of every
+    kernel (`loop_costs`). From a saved HLO (`info --hlo_out`) this re-reads a step without
+    compiling it."""
+    loops = loop_costs(hlo_text, num_devices, scopes=scopes)
+    xla_flops = float(xla_cost.get("flops", 0.0))
+    return StepCost(flops=xla_flops + loops.flops + loops.splash_flops, bytes_accessed=loops.hbm_bytes,
                     memory=memory, collectives=loops.collectives, unknown_trip_counts=loops.unknown_trip_counts,
                     splash_calls=int(loops.splash_calls), splash_flops=loops.splash_flops,
                     traffic_by_kind=loops.traffic_by_kind, top_kernels=loops.top_kernels,
-                    traffic_by_scope=loops.traffic_by_scope, xla_flops=float(cost.get("flops", 0.0)),
-                    xla_bytes_accessed=float(cost.get("bytes accessed", 0.0)))
+                    traffic_by_scope=loops.traffic_by_scope, xla_flops=xla_flops,
+                    xla_bytes_accessed=float(xla_cost.get("bytes accessed", 0.0)))
 
 
 def program_flops(lowered) -> float:
