@@ -66,7 +66,8 @@ def _bytes(type_text: str) -> int:
     `{3,2,1,0:T(8,128)}` stores its minor-most dimensions in tiles of 8 × 128 elements, so they
     are padded to multiples of the tile (a [64, 64, 4] latent with channels minor takes 32× its
     size). An array in another memory space (`S(1)`, TPU's on-chip VMEM, where XLA's memory-space
-    assignment prefetches operands; `S(2)`, sync flags) is not in HBM and counts nothing. An array
+    assignment prefetches operands; `S(2)`, sync flags) is not in HBM and counts nothing (XLA's GPU
+    backend uses memory space 1 only for NCCL user buffers, in HBM but off by default). An array
     without a tiled layout counts its elements."""
     total = 0
     for dtype, dims, minor_to_major, layout in _TILED.findall(type_text):
