@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -157,14 +158,11 @@ def reread(record: dict) -> dict:
     from jaxdistill.train.step import UPDATE_SCOPES
 
     best = record["best"]
-    if not best or "hlo" not in best:
-        raise SystemExit(f"{record['recipe']} on {record['slice']}: no saved HLO to read again "
-                         "(compile it with --hlo_dir)")
     with gzip.open(best["hlo"], "rt") as f:
         text = f.read()
     memory = {k: v for k, v in best["memory_per_device"].items() if k != "peak"}
     xla = {"flops": best["xla_flops_per_device"], "bytes accessed": best["xla_bytes_accessed_per_device"]}
-    step = costs.hlo_step_cost(text, len(tpu.devices(tpu.parse(record["slice"]))), xla, memory, UPDATE_SCOPES)
+    step = costs.hlo_step_cost(text, math.prod(best["mesh"].values()), xla, memory, UPDATE_SCOPES)
     chip = tpu.parse(record["slice"]).chip
     return {**record, "best": {**best, **cost_report(step, chip, best["global_batch"])}}
 
@@ -192,8 +190,13 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     if args.reread:
         with open(args.reread) as f:
-            records = [reread(json.loads(line)) for line in f if line.strip()]
+            records = [json.loads(line) for line in f if line.strip()]
         for r in records:
+            if not (r["best"] or {}).get("hlo"):
+                print(f"{r['recipe']} on {r['slice']}: no saved HLO, not read again (compile it with --hlo_dir)",
+                      file=sys.stderr)
+                continue
+            r = reread(r)
             line = row(r["recipe"], r["slice"], r["best"], r["tried"], r.get("remat", ""), r.get("scan_layers", False),
                        r["microbatches"], r["attention"])
             print(line, flush=True)

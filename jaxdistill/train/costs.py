@@ -410,8 +410,8 @@ def loop_costs(hlo_text: str, num_devices: int, top: int = 10, scopes: tuple = (
     bytes are listed."""
     comps, entry = _parse(hlo_text)
     unknown = set()
-    # computation: (FLOPs, kernel bytes, what is counted on every call: collective bytes by kind
-    # and the splash kernels' costs, [(callee, kind, trip count)])
+    # computation: (FLOPs, what is counted on every call: collective bytes by kind and the splash
+    # kernels' costs, [(callee, kind, trip count)]); kernels: computation -> [(HBM bytes, kernel)]
     own, kernels = {}, {}
     for name, (instrs, types) in comps.items():
         flops, calls, kernels[name] = 0.0, [], []
@@ -504,7 +504,7 @@ def loop_costs(hlo_text: str, num_devices: int, top: int = 10, scopes: tuple = (
 @dataclasses.dataclass
 class StepCost:
     flops: float
-    bytes_accessed: float
+    bytes_accessed: float  # HBM bytes: jaxdistill's count (`LoopCosts.hbm_bytes`)
     memory: dict  # per device: argument, output, temp, alias, generated_code
     collectives: dict  # bytes sent per device, by kind
     unknown_trip_counts: int = 0  # loops counted once because their trip count was not read
