@@ -55,7 +55,7 @@ def info(config, *, topology: str = "", num_prompts: int = 1024, hlo_out: str = 
     """Build the run abstractly on this host's devices or a TPU `topology`, compile its step and
     report its costs (see the module docstring); returns the report as a dict. `hlo_out` also
     writes the optimised per-device HLO text there (gzip when it ends in .gz), to read again
-    without compiling (`costs.loop_costs`)."""
+    without compiling (`costs.hlo_step_cost`)."""
     chip, devices = None, None
     if topology:
         try:
