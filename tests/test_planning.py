@@ -169,6 +169,76 @@ def test_tpu_reduce_scatter_fusions_count_as_reduce_scatters():
     assert sent["reduce-scatter"] == 80 * 2560 * 2 * 3 and sent["all-reduce"] == 0  # S·(n−1), S the shard
 
 
+# One all-gather as TPU's optimised HLO writes an async collective it overlaps with compute: a
+# start, a continuation fused with other work and a done, each a fusion holding a copy of the
+# same all-gather (one channel id), here in a loop of 5 trips beside a second all-gather.
+ASYNC_COLLECTIVE_HLO = """
+%start (p0: bf16[1,20,1280]) -> (bf16[1,20,1280], bf16[8,20,1280]) {
+  %p0 = bf16[1,20,1280]{2,1,0} parameter(0)
+  %all-gather.1 = bf16[8,20,1280]{2,1,0} all-gather(%p0), channel_id=7, replica_groups=[1,8]<=[8], dimensions={0}
+  ROOT %t = (bf16[1,20,1280]{2,1,0}, bf16[8,20,1280]{2,1,0}) tuple(%p0, %all-gather.1)
+}
+
+%continuation (p0: bf16[1,20,1280], x: f32[64]) -> (f32[64], bf16[8,20,1280]) {
+  %p0 = bf16[1,20,1280]{2,1,0} parameter(0)
+  %x = f32[64]{0} parameter(1)
+  %all-gather.2 = bf16[8,20,1280]{2,1,0:S(1)} all-gather(%p0), channel_id=7, replica_groups=[1,8]<=[8], dimensions={0}
+  %y = f32[64]{0} exponential(%x)
+  ROOT %t = (f32[64]{0}, bf16[8,20,1280]{2,1,0:S(1)}) tuple(%y, %all-gather.2)
+}
+
+%done (p0: bf16[1,20,1280]) -> bf16[8,20,1280] {
+  %p0 = bf16[1,20,1280]{2,1,0} parameter(0)
+  ROOT %all-gather.3 = bf16[8,20,1280]{2,1,0} all-gather(%p0), channel_id=7, replica_groups=[1,8]<=[8], dimensions={0}
+}
+
+%other (p0: bf16[1,20,1280]) -> bf16[8,20,1280] {
+  %p0 = bf16[1,20,1280]{2,1,0} parameter(0)
+  ROOT %all-gather.4 = bf16[8,20,1280]{2,1,0} all-gather(%p0), channel_id=8, replica_groups=[1,8]<=[8], dimensions={0}
+}
+
+%body (p: (s32[], bf16[1,20,1280], f32[64])) -> (s32[], bf16[1,20,1280], f32[64]) {
+  %p = (s32[], bf16[1,20,1280]{2,1,0}, f32[64]{0}) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %w = bf16[1,20,1280]{2,1,0} get-tuple-element(%p), index=1
+  %x = f32[64]{0} get-tuple-element(%p), index=2
+  %async-collective-start.1 = (bf16[1,20,1280]{2,1,0}, bf16[8,20,1280]{2,1,0}) fusion(%w), kind=kCustom, calls=%start
+  %fusion.1 = (f32[64]{0}, bf16[8,20,1280]{2,1,0:S(1)}) fusion(%w, %x), kind=kCustom, calls=%continuation
+  %async-collective-done.1 = bf16[8,20,1280]{2,1,0} fusion(%w), kind=kCustom, calls=%done
+  %fusion.2 = bf16[8,20,1280]{2,1,0} fusion(%w), kind=kCustom, calls=%other
+  %one = s32[] constant(1)
+  %next = s32[] add(%i, %one)
+  %y = f32[64]{0} get-tuple-element(%fusion.1), index=0
+  ROOT %t = (s32[], bf16[1,20,1280]{2,1,0}, f32[64]{0}) tuple(%next, %w, %y)
+}
+
+%cond (p: (s32[], bf16[1,20,1280], f32[64])) -> pred[] {
+  %p = (s32[], bf16[1,20,1280]{2,1,0}, f32[64]{0}) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %n = s32[] constant(5)
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}
+
+ENTRY %main (w: bf16[1,20,1280], x: f32[64]) -> (s32[], bf16[1,20,1280], f32[64]) {
+  %w = bf16[1,20,1280]{2,1,0} parameter(0)
+  %x = f32[64]{0} parameter(1)
+  %zero = s32[] constant(0)
+  %init = (s32[], bf16[1,20,1280]{2,1,0}, f32[64]{0}) tuple(%zero, %w, %x)
+  ROOT %loop = (s32[], bf16[1,20,1280]{2,1,0}, f32[64]{0}) while(%init), condition=%cond, body=%body
+}
+"""
+
+
+def test_an_async_collective_split_over_fusions_counts_once():
+    loop = costs.loop_costs(ASYNC_COLLECTIVE_HLO, num_devices=8)
+    shard, gathered = 20 * 1280 * 2, 8 * 20 * 1280 * 2
+    assert loop.collectives["all-gather"] == 5 * 2 * gathered * 7 / 8  # 5 trips × (channel 7 once + channel 8)
+    # HBM: each channel's shard read and result written once (in the start); the continuation
+    # reads x and writes y (its copy of the result is in VMEM); the counter's add 3 × 4 bytes
+    assert loop.hbm_bytes == 5 * (2 * (shard + gathered) + 2 * 64 * 4 + 12)
+    assert loop.traffic_by_kind["collectives"] == 5 * (2 * (shard + gathered) + 2 * 64 * 4)  # no matmul fused in
+
+
 # A scan of 10 matmuls as TPU HLO prints it: no known_trip_count, the bound in the condition.
 LOOP_HLO = """
 %body (p: (s32[], f32[64,256], f32[10,256,256])) -> (s32[], f32[64,256], f32[10,256,256]) {

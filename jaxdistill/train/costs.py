@@ -25,6 +25,9 @@ a chip's published rates imply (`jaxdistill info`).
   all-gather S·(n−1)/n (S its result), reduce-scatter S·(n−1), all-to-all S·(n−1)/n,
   collective-permute S. TPU writes a reduce-scatter as a fusion of an `all-reduce-scatter`
   computation (an all-reduce, then the device's shard sliced); it counts as a reduce-scatter.
+  TPU also splits a collective it overlaps with compute over several fusions (a start, fused
+  continuations, a done), each holding a copy of it with the same channel id: a channel counts
+  once in the computation that runs those fusions.
 - step time: compute FLOPs / peak, HBM bytes / bandwidth, ICI bytes / (half the chip's
   bidirectional ICI bandwidth: a ring sends one way on each link it uses). The estimate is
   max(compute, HBM) + ICI (collectives not overlapped: an upper bound for a well-overlapped
@@ -142,6 +145,7 @@ _INSTR = re.compile(r"^\s*(ROOT )?%?([\w.\-]+) = (.+?) ([a-z][\w\-]*)\((.*)$")
 _OPERAND = re.compile(r"%?([A-Za-z_][\w.\-]*)\s*(?:,|$)")
 _PARAM = re.compile(r"([\w.\-]+): ([a-z]+\d*[a-z0-9]*\[[\d,]*\])")
 _DIMS = re.compile(r"\[([\d,]*)\]")
+_CHANNEL = re.compile(r"\bchannel_id=(\d+)")
 # Instructions that move no data of their own (views, tuples, control flow, parameters).
 _NO_TRAFFIC = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "call", "conditional",
                "after-all", "partition-id", "replica-id", "opt-barrier"}
@@ -254,10 +258,15 @@ def _conv_flops(ins: _Instr, types: dict) -> float:
     return 2.0 * out[out_l.index("b")] * out[out_l.index("f")] * kernel[kernel_l.index("i")] * pairs
 
 
-def _fusion_traffic(ins: _Instr, comps: dict, types: dict) -> float:
+def _fusion_traffic(ins: _Instr, comps: dict, types: dict, charged: set) -> float:
     """Bytes a fusion reads and writes, as XLA counts them: an operand it only dynamic-slices
     costs the slices, a buffer it dynamic-update-slices in place costs the update (a scan's
-    stacked inputs and outputs), anything else its whole size."""
+    stacked inputs and outputs), anything else its whole size.
+
+    A collective with a channel id that TPU splits over a start, fused continuations and a done
+    (`loop_costs`) moves its operand and result once: in the first of those fusions, whose
+    channel is not yet in `charged` (the channels charged in the computation so far; updated).
+    The others pass the collective's buffers through and cost only their own work."""
     callee = re.search(r"calls=%?([\w.\-]+)", ins.attrs)
     inner, inner_types = comps.get(callee.group(1), ([], {})) if callee else ([], {})
     if not inner:
@@ -267,6 +276,15 @@ def _fusion_traffic(ins: _Instr, comps: dict, types: dict) -> float:
     for i in inner:
         for o in i.operands:
             users.setdefault(o, []).append(i)
+    # The channel collectives in it, and TPU's AsyncCollectiveStart custom-calls that wrap them.
+    channel = {i.name: m.group(1) for i in inner
+               if i.op.startswith(COLLECTIVES) and (m := _CHANNEL.search(i.attrs))}
+    channel.update({i.name: channel[i.operands[0]] for i in inner
+                    if i.op == "custom-call" and i.operands and i.operands[0] in channel})
+    first = set(channel.values()) - charged
+    charged |= first
+    roots = [i for i in inner if i.root]
+    passed = set(roots[0].operands) if roots and roots[0].op == "tuple" else set()
 
     def uses(name: str) -> list:
         """(user, the name it uses: `name` or a bitcast of it)."""
@@ -280,6 +298,9 @@ def _fusion_traffic(ins: _Instr, comps: dict, types: dict) -> float:
         if found and all(u.op in ("dynamic-slice", "dynamic-update-slice") and u.operands[0] == via for u, via in found):
             return sum(_bytes(u.type) if u.op == "dynamic-slice" else _bytes(inner_types.get(u.operands[1], ""))
                        for u, _ in found)
+        if channel and found and all(u.name in channel or (u.root and u.op == "tuple") for u, _ in found):
+            # a collective's operand, or a buffer passed through
+            return _bytes(param.type) if any(channel.get(u.name) in first for u, _ in found) else 0.0
         return _bytes(param.type)
 
     def written(i: _Instr) -> float:
@@ -289,11 +310,25 @@ def _fusion_traffic(ins: _Instr, comps: dict, types: dict) -> float:
             return _bytes(inner_types.get(i.operands[1], ""))
         if i.op == "tuple":
             return sum(written(by_name[o]) if o in by_name else 0.0 for o in i.operands)
+        if channel and i.op == "parameter" and i.name in passed:
+            return 0.0
+        if i.name in channel:
+            return _collective_result_bytes(i, by_name) if channel[i.name] in first else 0.0
         return _bytes(i.type)
 
-    roots = [i for i in inner if i.root]
     return (sum(read(i) for i in inner if i.op == "parameter")
             + (written(roots[0]) if roots else _bytes(ins.type)))
+
+
+def _collective_result_bytes(i: _Instr, by_name: dict) -> float:
+    """The bytes a collective (or the AsyncCollectiveStart that wraps it) writes: its result, in
+    the memory space the wrapper's result names where there is one (the collective inside may
+    carry no memory space)."""
+    if i.op != "custom-call":
+        return _bytes(i.type)
+    shape = _DIMS.search(by_name[i.operands[0]].type).group(0)
+    arrays = [a for a in _ARRAY_TYPE.findall(i.type) if _DIMS.search(a).group(0) == shape]
+    return _bytes(arrays[-1]) if arrays else _bytes(by_name[i.operands[0]].type)
 
 
 def _trip_count(ins: _Instr, comps: dict) -> int | None:
@@ -385,12 +420,12 @@ def _kernel_kind(ins: _Instr, comps: dict) -> str:
     """Which of `KERNEL_KINDS` a kernel is, from its op or, for a fusion, the ops fused in it."""
     callee = re.search(r"calls=%?([\w.\-]+)", ins.attrs) if ins.op == "fusion" else None
     ops = {i.op for i in comps.get(callee.group(1), ([], {}))[0]} if callee else {ins.op}
+    if ops & {"convolution", "dot"}:  # a matmul TPU fused with a collective's continuation too
+        return "matmuls and convolutions"
     if ins.op.startswith(COLLECTIVES) or ops & set(COLLECTIVES):
         return "collectives"
     if ins.op == "custom-call":
         return "splash attention" if _SPLASH.search(ins.name) else "other"
-    if ops & {"convolution", "dot"}:
-        return "matmuls and convolutions"
     if ops & {"dynamic-update-slice", "dynamic-slice", "slice", "concatenate", "pad", "gather", "scatter"}:
         return "slices and updates"
     if ops & {"reduce", "reduce-window", "select-and-scatter"}:
@@ -413,13 +448,18 @@ def loop_costs(hlo_text: str, num_devices: int, top: int = 10, scopes: tuple = (
     # computation: (FLOPs, what is counted on every call: collective bytes by kind and the splash
     # kernels' costs, [(callee, kind, trip count)]); kernels: computation -> [(HBM bytes, kernel)]
     own, kernels = {}, {}
+    # computation: {channel id: (kind, bytes)} of its collectives that carry a channel id
+    channels = {name: {} for name in comps}
     for name, (instrs, types) in comps.items():
-        flops, calls, kernels[name] = 0.0, [], []
+        flops, calls, kernels[name], charged = 0.0, [], [], set()
         counted = dict.fromkeys(COLLECTIVES + ("splash_flops", "splash_bytes", "splash_calls"), 0.0)
         for ins in instrs:
             flops += _flops(ins, types)
             found = _collective(ins.line, num_devices) if ins.op.startswith(COLLECTIVES) else None
-            if found:
+            channel = _CHANNEL.search(ins.attrs) if found else None
+            if channel:
+                channels[name][channel.group(1)] = found
+            elif found:
                 counted[found[0]] += found[1]
             splash = splash_costs(ins, types)
             if splash:
@@ -428,7 +468,7 @@ def loop_costs(hlo_text: str, num_devices: int, top: int = 10, scopes: tuple = (
                 counted["splash_calls"] += 1
             moved = 0.0
             if ins.op == "fusion":
-                moved = _fusion_traffic(ins, comps, types)
+                moved = _fusion_traffic(ins, comps, types, charged)
             elif ins.op in ("copy-start", "slice-start"):
                 moved = _async_copy_traffic(ins, types)
             elif ins.op not in _NO_TRAFFIC and not ins.op.endswith("-done"):
@@ -451,7 +491,22 @@ def loop_costs(hlo_text: str, num_devices: int, top: int = 10, scopes: tuple = (
         if name.startswith("all-reduce-scatter"):  # TPU's reduce-scatter: an all-reduce, then the shard sliced
             counted["reduce-scatter"] += counted["all-reduce"] / 2  # a ring reduce-scatter sends half
             counted["all-reduce"] = 0.0
+            channels[name] = {c: ("reduce-scatter", b / 2) if k == "all-reduce" else (k, b)
+                              for c, (k, b) in channels[name].items()}
         own[name] = (flops, counted, calls)
+
+    inside = {}
+
+    def kernel_channels(name: str) -> dict:
+        """The channel collectives of a computation and of the kernels it calls, each channel once."""
+        if name not in inside:
+            inside[name] = {}  # a cycle (none in valid HLO) adds nothing
+            found = dict(channels.get(name, {}))
+            for callee, kind, _ in own.get(name, (0.0, {}, []))[2]:
+                if kind == "kernel":
+                    found.update(kernel_channels(callee))
+            inside[name] = found
+        return inside[name]
 
     memo = {}
 
@@ -469,6 +524,23 @@ def loop_costs(hlo_text: str, num_devices: int, top: int = 10, scopes: tuple = (
                     counted[k] += times * v
             memo[key] = (flops, counted)
         return memo[key]
+
+    sent_memo = {}
+
+    def channel_sent(name: str) -> dict:
+        """Bytes sent by the channel collectives of a computation, every loop iteration counted: the
+        kernels' (`kernel_channels`) and those of the loops and calls it runs."""
+        if name not in sent_memo:
+            sent_memo[name] = {}  # a cycle (none in valid HLO) adds nothing
+            sent = dict.fromkeys(COLLECTIVES, 0.0)
+            for kind, b in kernel_channels(name).values():
+                sent[kind] += b
+            for callee, kind, n in own.get(name, (0.0, {}, []))[2]:
+                if kind != "kernel":
+                    for k, b in channel_sent(callee).items():
+                        sent[k] += n * b
+            sent_memo[name] = sent
+        return sent_memo[name]
 
     runs = {}  # computation: how often it runs in a step (kernels' insides are counted at the kernel)
 
@@ -493,9 +565,10 @@ def loop_costs(hlo_text: str, num_devices: int, top: int = 10, scopes: tuple = (
     found.sort(key=lambda k: -k.bytes)
 
     once, full = total(entry, False), total(entry, True)
-    every = full[1]
+    every, sent = full[1], channel_sent(entry)
     return LoopCosts(flops=full[0] - once[0], hbm_bytes=sum(by_kind.values()),
-                     collectives={k: every.get(k, 0.0) for k in COLLECTIVES}, unknown_trip_counts=len(unknown),
+                     collectives={k: every.get(k, 0.0) + sent[k] for k in COLLECTIVES},
+                     unknown_trip_counts=len(unknown),
                      splash_flops=every.get("splash_flops", 0.0), splash_bytes=every.get("splash_bytes", 0.0),
                      splash_calls=every.get("splash_calls", 0.0), traffic_by_kind=by_kind, top_kernels=found[:top],
                      traffic_by_scope=by_scope)
