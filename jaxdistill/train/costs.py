@@ -445,8 +445,9 @@ def loop_costs(hlo_text: str, num_devices: int, top: int = 10, scopes: tuple = (
     bytes are listed."""
     comps, entry = _parse(hlo_text)
     unknown = set()
-    # computation: (FLOPs, what is counted on every call: collective bytes by kind and the splash
-    # kernels' costs, [(callee, kind, trip count)]); kernels: computation -> [(HBM bytes, kernel)]
+    # computation: (FLOPs, what is counted on every call: the bytes of collectives without a channel
+    # id by kind and the splash kernels' costs, [(callee, kind, trip count)]); kernels: computation ->
+    # [(HBM bytes, kernel)]
     own, kernels = {}, {}
     # computation: {channel id: (kind, bytes)} of its collectives that carry a channel id
     channels = {name: {} for name in comps}
