@@ -284,7 +284,6 @@ def _fusion_traffic(ins: _Instr, comps: dict, types: dict, charged: set) -> floa
     first = set(channel.values()) - charged
     charged |= first
     roots = [i for i in inner if i.root]
-    passed = set(roots[0].operands) if roots and roots[0].op == "tuple" else set()
 
     def uses(name: str) -> list:
         """(user, the name it uses: `name` or a bitcast of it)."""
@@ -310,7 +309,7 @@ def _fusion_traffic(ins: _Instr, comps: dict, types: dict, charged: set) -> floa
             return _bytes(inner_types.get(i.operands[1], ""))
         if i.op == "tuple":
             return sum(written(by_name[o]) if o in by_name else 0.0 for o in i.operands)
-        if channel and i.op == "parameter" and i.name in passed:
+        if channel and i.op == "parameter":  # a buffer passed through to the result
             return 0.0
         if i.name in channel:
             return _collective_result_bytes(i, by_name) if channel[i.name] in first else 0.0
