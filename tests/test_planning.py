@@ -239,6 +239,24 @@ def test_an_async_collective_split_over_fusions_counts_once():
     assert loop.traffic_by_kind["collectives"] == 5 * (2 * (shard + gathered) + 2 * 64 * 4)  # no matmul fused in
 
 
+# Two different collective-permutes that the TPU compiler gave one channel id, as it does for
+# the halo exchanges in a sharded step (92 share channel 1 in the DMD2 SD1.5 v5p-8 step).
+SHARED_CHANNEL_HLO = """
+ENTRY %main (a: bf16[320,48], b: bf16[48,320]) -> (bf16[320,48], bf16[48,320]) {
+  %a = bf16[320,48]{1,0} parameter(0)
+  %b = bf16[48,320]{1,0} parameter(1)
+  %cp.1 = bf16[320,48]{1,0} collective-permute(%a), channel_id=1, source_target_pairs={{0,1},{1,2},{2,3}}
+  %cp.2 = bf16[48,320]{1,0} collective-permute(%b), channel_id=1, source_target_pairs={{0,1},{1,2},{2,3}}
+  ROOT %t = (bf16[320,48]{1,0}, bf16[48,320]{1,0}) tuple(%cp.1, %cp.2)
+}
+"""
+
+
+def test_collectives_sharing_a_channel_outside_fusions_each_count():
+    loop = costs.loop_costs(SHARED_CHANNEL_HLO, num_devices=4)
+    assert loop.collectives["collective-permute"] == 2 * 320 * 48 * 2
+
+
 # A scan of 10 matmuls as TPU HLO prints it: no known_trip_count, the bound in the condition.
 LOOP_HLO = """
 %body (p: (s32[], f32[64,256], f32[10,256,256])) -> (s32[], f32[64,256], f32[10,256,256]) {

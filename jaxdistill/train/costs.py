@@ -448,15 +448,20 @@ def loop_costs(hlo_text: str, num_devices: int, top: int = 10, scopes: tuple = (
     # id by kind and the splash kernels' costs, [(callee, kind, trip count)]); kernels: computation ->
     # [(HBM bytes, kernel)]
     own, kernels = {}, {}
-    # computation: {channel id: (kind, bytes)} of its collectives that carry a channel id
+    # fusion computation: {channel id: (kind, bytes)} of its collectives that carry a channel id.
+    # A channel id names one collective among a computation's fusions (TPU splits an async
+    # collective over a start, fused continuations and a done, each holding a copy), but not
+    # among the instructions of a computation itself: there the TPU compiler gives distinct
+    # collective-permutes one channel id, and each counts.
     channels = {name: {} for name in comps}
+    fused = set(re.findall(r"\bcalls=%?([\w.\-]+)", hlo_text))
     for name, (instrs, types) in comps.items():
         flops, calls, kernels[name], charged = 0.0, [], [], set()
         counted = dict.fromkeys(COLLECTIVES + ("splash_flops", "splash_bytes", "splash_calls"), 0.0)
         for ins in instrs:
             flops += _flops(ins, types)
             found = _collective(ins.line, num_devices) if ins.op.startswith(COLLECTIVES) else None
-            channel = _CHANNEL.search(ins.attrs) if found else None
+            channel = _CHANNEL.search(ins.attrs) if found and name in fused else None
             if channel:
                 channels[name][channel.group(1)] = found
             elif found:
