@@ -240,7 +240,8 @@ def test_an_async_collective_split_over_fusions_counts_once():
 
 
 # Two different collective-permutes that the TPU compiler gave one channel id, as it does for
-# the halo exchanges in a sharded step (92 share channel 1 in the DMD2 SD1.5 v5p-8 step).
+# distinct collective-permutes in one loop body (30 or 31 share channel 1 in each of three loop
+# bodies of the DMD2 SD1.5 v5p-8 step).
 SHARED_CHANNEL_HLO = """
 ENTRY %main (a: bf16[320,48], b: bf16[48,320]) -> (bf16[320,48], bf16[48,320]) {
   %a = bf16[320,48]{1,0} parameter(0)
