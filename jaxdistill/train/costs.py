@@ -27,7 +27,8 @@ a chip's published rates imply (`jaxdistill info`).
   computation (an all-reduce, then the device's shard sliced); it counts as a reduce-scatter.
   TPU also splits a collective it overlaps with compute over several fusions (a start, fused
   continuations, a done), each holding a copy of it with the same channel id: a channel counts
-  once in the computation that runs those fusions.
+  once in the computation that runs those fusions. Collectives that are not in a fusion count
+  one by one: the compiler gives distinct collective-permutes there one channel id.
 - step time: compute FLOPs / peak, HBM bytes / bandwidth, ICI bytes / (half the chip's
   bidirectional ICI bandwidth: a ring sends one way on each link it uses). The estimate is
   max(compute, HBM) + ICI (collectives not overlapped: an upper bound for a well-overlapped
@@ -444,8 +445,8 @@ def loop_costs(hlo_text: str, num_devices: int, top: int = 10, scopes: tuple = (
     bytes are listed."""
     comps, entry = _parse(hlo_text)
     unknown = set()
-    # computation: (FLOPs, what is counted on every call: the bytes of collectives without a channel
-    # id by kind and the splash kernels' costs, [(callee, kind, trip count)]); kernels: computation ->
+    # computation: (FLOPs, what is counted on every call: the bytes of collectives outside
+    # `channels` by kind and the splash kernels' costs, [(callee, kind, trip count)]); kernels: computation ->
     # [(HBM bytes, kernel)]
     own, kernels = {}, {}
     # fusion computation: {channel id: (kind, bytes)} of its collectives that carry a channel id.
