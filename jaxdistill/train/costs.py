@@ -147,6 +147,7 @@ _OPERAND = re.compile(r"%?([A-Za-z_][\w.\-]*)\s*(?:,|$)")
 _PARAM = re.compile(r"([\w.\-]+): ([a-z]+\d*[a-z0-9]*\[[\d,]*\])")
 _DIMS = re.compile(r"\[([\d,]*)\]")
 _CHANNEL = re.compile(r"\bchannel_id=(\d+)")
+_CALLS = re.compile(r"\bcalls=%?([\w.\-]+)")  # the computation a fusion or async wrapper runs
 # Instructions that move no data of their own (views, tuples, control flow, parameters).
 _NO_TRAFFIC = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "call", "conditional",
                "after-all", "partition-id", "replica-id", "opt-barrier"}
@@ -268,7 +269,7 @@ def _fusion_traffic(ins: _Instr, comps: dict, types: dict, charged: set) -> floa
     (`loop_costs`) moves its operand and result once: in the first of those fusions, whose
     channel is not yet in `charged` (the channels charged in the computation so far; updated).
     The others pass the collective's buffers through and cost only their own work."""
-    callee = re.search(r"calls=%?([\w.\-]+)", ins.attrs)
+    callee = _CALLS.search(ins.attrs)
     inner, inner_types = comps.get(callee.group(1), ([], {})) if callee else ([], {})
     if not inner:
         return _bytes(ins.type) + sum(_bytes(types.get(o, "")) for o in ins.operands)
@@ -343,7 +344,7 @@ def _trip_count(ins: _Instr, comps: dict) -> int | None:
         for c in comps.get(todo.pop(), ([], {}))[0]:
             if c.op == "constant" and re.fullmatch(r"[su]\d+\[\]\S*", c.type):
                 consts.add(int(c.text))
-            todo += re.findall(r"calls=%?([\w.\-]+)", c.attrs)
+            todo += _CALLS.findall(c.attrs)
     return consts.pop() if len(consts) == 1 else None
 
 
@@ -418,7 +419,7 @@ KERNEL_KINDS = ("matmuls and convolutions", "splash attention", "elementwise", "
 
 def _kernel_kind(ins: _Instr, comps: dict) -> str:
     """Which of `KERNEL_KINDS` a kernel is, from its op or, for a fusion, the ops fused in it."""
-    callee = re.search(r"calls=%?([\w.\-]+)", ins.attrs) if ins.op == "fusion" else None
+    callee = _CALLS.search(ins.attrs) if ins.op == "fusion" else None
     ops = {i.op for i in comps.get(callee.group(1), ([], {}))[0]} if callee else {ins.op}
     if ops & {"convolution", "dot"}:  # a matmul TPU fused with a collective's continuation too
         return "matmuls and convolutions"
@@ -446,8 +447,8 @@ def loop_costs(hlo_text: str, num_devices: int, top: int = 10, scopes: tuple = (
     comps, entry = _parse(hlo_text)
     unknown = set()
     # computation: (FLOPs, what is counted on every call: the bytes of collectives outside
-    # `channels` by kind and the splash kernels' costs, [(callee, kind, trip count)]); kernels: computation ->
-    # [(HBM bytes, kernel)]
+    # `channels` by kind and the splash kernels' costs, [(callee, kind, trip count)]);
+    # kernels: computation -> [(HBM bytes, kernel)]
     own, kernels = {}, {}
     # fusion computation: {channel id: (kind, bytes)} of its collectives that carry a channel id.
     # A channel id names one collective among a computation's fusions (TPU splits an async
@@ -455,7 +456,7 @@ def loop_costs(hlo_text: str, num_devices: int, top: int = 10, scopes: tuple = (
     # among the instructions of a computation itself: there the TPU compiler gives distinct
     # collective-permutes one channel id, and each counts.
     channels = {name: {} for name in comps}
-    fused = set(re.findall(r"\bcalls=%?([\w.\-]+)", hlo_text))
+    fused = set(_CALLS.findall(hlo_text))
     for name, (instrs, types) in comps.items():
         flops, calls, kernels[name], charged = 0.0, [], [], set()
         counted = dict.fromkeys(COLLECTIVES + ("splash_flops", "splash_bytes", "splash_calls"), 0.0)
@@ -493,7 +494,7 @@ def loop_costs(hlo_text: str, num_devices: int, top: int = 10, scopes: tuple = (
                 callees += re.findall(r"%?([\w.\-]+)", branches.group(1) if branches else "")
                 calls += [(c, "call", 1) for c in callees]
             else:  # fusions and async wrappers: their insides are one kernel, counted above
-                calls += [(c, "kernel", 1) for c in re.findall(r"calls=%?([\w.\-]+)", ins.attrs)]
+                calls += [(c, "kernel", 1) for c in _CALLS.findall(ins.attrs)]
         if name.startswith("all-reduce-scatter"):  # TPU's reduce-scatter: an all-reduce, then the shard sliced
             counted["reduce-scatter"] += counted["all-reduce"] / 2  # a ring reduce-scatter sends half
             counted["all-reduce"] = 0.0
