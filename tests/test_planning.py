@@ -442,6 +442,35 @@ def test_splash_kernels_are_counted_from_their_shapes_and_tiles():
     assert lc.splash_bytes == (4096 // 1024 - 1) * 2 * array + 2 * (4096 // 512 - 1) * 2 * array + (4096 // 128 - 1) * 2 * array
 
 
+# The same kernels with one example per device, as the TPU compiler prints them for SDXL's 64×64
+# self-attention (from a v5e-256 compile of a DMD2 step, trimmed): the batch dimension is gone.
+SQUEEZED_SPLASH_HLO = """
+ENTRY %main (q: bf16[10,4096,128], lse: f32[10,8,4096]) -> bf16[10,4096,128] {
+  %q = bf16[10,4096,128]{2,1,0:T(8,128)(2,1)} parameter(0)
+  %lse = f32[10,8,4096]{2,1,0} parameter(1)
+  %mask = s8[1,4,4]{2,1,0} constant({ { {1, 1, 1, 1}, {1, 1, 1, 1}, {1, 1, 1, 1}, {1, 1, 1, 1} } })
+  %splash_mha_fwd_residuals.100 = (f32[1024,128]{1,0:T(8,128)}, f32[1024,128]{1,0:T(8,128)}, f32[1024,128]{1,0:T(8,128)}, bf16[10,4096,128]{2,1,0:T(8,128)(2,1)S(1)}, f32[10,4096,128]{2,1,0:T(8,128)}) custom-call(%mask, %mask, %q, %q, %q), custom_call_target="tpu_custom_call", operand_layout_constraints={s8[1,4,4]{2,1,0}, s8[1,4,4]{2,1,0}, bf16[10,4096,128]{2,1,0}, bf16[10,4096,128]{2,1,0}, bf16[10,4096,128]{2,1,0}}, frontend_attributes={kernel_metadata={
+"xprof_metadata":"{\\"block_q\\": 1024, \\"block_kv\\": 1024, \\"block_kv_compute\\": 1024, \\"block_q_dkv\\": 1024, \\"block_kv_dkv\\": 1024, \\"block_kv_dkv_compute\\": 1024, \\"block_q_dq\\": 1024, \\"block_kv_dq\\": 1024, \\"use_fused_bwd_kernel\\": false}"
+}}
+  %o = bf16[10,4096,128]{2,1,0} get-tuple-element(%splash_mha_fwd_residuals.100), index=3
+  %splash_mha_dkv_no_residuals.30 = (f32[1024,128]{1,0:T(8,128)}, f32[1024,128]{1,0:T(8,128)}, bf16[10,4096,128]{2,1,0:T(8,128)(2,1)S(1)}, bf16[10,4096,128]{2,1,0:T(8,128)(2,1)S(1)}) custom-call(%mask, %mask, %o, %q, %q, /*index=5*/%lse, %q, %lse), custom_call_target="tpu_custom_call", operand_layout_constraints={s8[1,4,4]{2,1,0}, s8[1,4,4]{2,1,0}, bf16[10,4096,128]{2,1,0}, bf16[10,4096,128]{2,1,0}, bf16[10,4096,128]{2,1,0}, f32[10,8,4096]{2,1,0}, bf16[10,4096,128]{2,1,0}, f32[10,8,4096]{2,1,0}}, frontend_attributes={kernel_metadata={
+"xprof_metadata":"{\\"block_q_dkv\\": 1024, \\"block_kv_dkv\\": 1024, \\"block_kv_dkv_compute\\": 1024}"
+}}
+  ROOT %dk = bf16[10,4096,128]{2,1,0} get-tuple-element(%splash_mha_dkv_no_residuals.30), index=2
+}
+"""
+
+
+def test_splash_kernels_with_one_example_per_device_are_counted():
+    """With one example per device the kernels' q, k and v are [H, L, D] (b = 1), next to masks
+    of rank 3 too; each still counts its matmuls and re-reads (before this, none did)."""
+    lc = costs.loop_costs(SQUEEZED_SPLASH_HLO, num_devices=256)
+    matmul, array = 2 * 10 * 4096 * 4096 * 128, 10 * 4096 * 128 * 2
+    assert lc.splash_calls == 2
+    assert lc.splash_flops == (2 + 2 + 2) * matmul
+    assert lc.splash_bytes == 2 * (4096 // 1024 - 1) * 2 * array
+
+
 def test_a_scanned_step_costs_what_the_unrolled_one_does():
     """Compiled on the CPU: a scan of 10 matmul layers (value and gradient) against the same
     program unrolled, whose cost analysis sees every layer; the lowered program (before XLA's
@@ -514,20 +543,22 @@ def test_a_step_compiles_for_a_tpu_slice_without_one():
 
 
 @pytest.mark.skipif(not _has_libtpu(), reason="needs the libtpu extra: pip install \"jax[tpu]==<jax version>\"")
-def test_splash_attention_compiled_for_a_tpu_slice_is_counted():
+@pytest.mark.parametrize("per_chip", [2, 1])
+def test_splash_attention_compiled_for_a_tpu_slice_is_counted(per_chip):
     """The gradient of splash attention compiled for a v5e:2x2: XLA's cost analysis sees almost
     none of its FLOPs; `step_cost` counts the forward, dq and dkv kernels' (4 + 6 + 8)·H·L²·D per
-    example, head_dim padded from 40 to 128."""
+    example, head_dim padded from 40 to 128, also with one example per chip, where the compiler
+    drops the kernels' batch dimension."""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
     from jaxdistill.models import attention, target
 
     mesh = Mesh(np.array(tpu.devices(tpu.parse("v5e:2x2"))), ("fsdp",))
-    qkv = [jax.ShapeDtypeStruct((8, 2048, 2, 40), jnp.bfloat16, sharding=NamedSharding(mesh, P("fsdp")))] * 3
+    qkv = [jax.ShapeDtypeStruct((4 * per_chip, 2048, 2, 40), jnp.bfloat16, sharding=NamedSharding(mesh, P("fsdp")))] * 3
     loss = lambda q, k, v: attention.attention(q, k, v, impl="splash").astype(jnp.float32).sum()  # noqa: E731
     with target.compiling_for(mesh):
         compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(*qkv).compile()
-    step, expected = costs.step_cost(compiled, 4), (4 + 6 + 8) * 2 * 2 * 2048 * 2048 * 128  # 2 examples per chip
+    step, expected = costs.step_cost(compiled, 4), (4 + 6 + 8) * per_chip * 2 * 2048 * 2048 * 128
     assert step.splash_calls == 3 and step.splash_flops == expected
     assert compiled.cost_analysis()["flops"] < 0.01 * expected < step.flops
 

@@ -376,6 +376,7 @@ class TrafficKernel:
 
 
 _SPLASH = re.compile(r"splash_mq?h?a_(fwd|dq|dkv)")
+_FLOATS = ("bf16[", "f16[", "f32[")
 
 
 def _tile(attrs: str, key: str) -> int:
@@ -397,13 +398,18 @@ def splash_costs(ins: _Instr, types: dict) -> tuple[float, float] | None:
     fused). That is a full mask, as jaxdistill's UNets use; a causal one skips about half. The
     forward and dq kernels read all of k and v once per query tile, the dkv kernel q and dO once
     per key tile (tiles from the kernel's metadata), so each re-reads those Lq/bq − 1 or
-    Lk/bk − 1 more times (dO taken as q's size)."""
+    Lk/bk − 1 more times (dO taken as q's size). With one example per device the compiler drops
+    the batch dimension: q and k are then [H, L, D], b = 1 (they are told from the masks, also of
+    rank 3, by their float dtype)."""
     kind = _SPLASH.search(ins.name) if ins.op == "custom-call" and "tpu_custom_call" in ins.attrs else None
-    arrays = [t for t in (types.get(o, "") for o in ins.operands) if len(_shape(t)) == 4] if kind else []
+    arrays = [t for t in (types.get(o, "") for o in ins.operands)
+              if t.startswith(_FLOATS) and len(_shape(t)) in (3, 4)] if kind else []
     if len(arrays) < 2:
         return None
-    (b, h, lq, d), lk = _shape(arrays[0]), _shape(arrays[1])[2]
-    grads = sum(1 for t in re.findall(r"[a-z]+\d*\[[\d,]*\]", ins.type) if len(_shape(t)) == 4)
+    q, k = _shape(arrays[0]), _shape(arrays[1])
+    (b, h, lq, d), lk = [1] * (4 - len(q)) + q, k[-2]
+    # the gradients a dkv kernel writes: dk, dv and, when fused, dq (the other results are scratch)
+    grads = sum(1 for t in re.findall(r"[a-z]+\d*\[[\d,]*\]", ins.type) if _shape(t) in (q, k))
     phase = kind.group(1)
     matmuls = {"fwd": 2, "dq": 3, "dkv": 2 + grads}[phase]
     if phase == "dkv":
