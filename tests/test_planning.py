@@ -463,7 +463,7 @@ ENTRY %main (q: bf16[10,4096,128], lse: f32[10,8,4096]) -> bf16[10,4096,128] {
 
 def test_splash_kernels_with_one_example_per_device_are_counted():
     """With one example per device the kernels' q, k and v are [H, L, D] (b = 1), next to masks
-    of rank 3 too; each still counts its matmuls and re-reads (before this, none did)."""
+    of rank 3 too; each still counts its matmuls and re-reads."""
     lc = costs.loop_costs(SQUEEZED_SPLASH_HLO, num_devices=256)
     matmul, array = 2 * 10 * 4096 * 4096 * 128, 10 * 4096 * 128 * 2
     assert lc.splash_calls == 2
