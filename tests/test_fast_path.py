@@ -11,12 +11,11 @@ import pytest
 from jaxdistill.recipes import sd_config
 from jaxdistill.train.program import build_run
 from sd_folder import make_tiny_sd, write_prompts
+from xla_options import FAST_COMPILE
 
 pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
-                "xla_cpu_use_fusion_emitters": False, "xla_cpu_parallel_codegen_split_count": 1}
 PATHS = {"float32": dict(compute_dtype="float32", attention="xla", remat="none"),
          "fast": dict(compute_dtype="bfloat16", attention="cudnn", remat="dots_saveable")}
 

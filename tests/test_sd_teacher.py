@@ -17,15 +17,13 @@ from jaxdistill.commands.sample import sample
 from jaxdistill.teachers.stable_diffusion import StableDiffusion, UNetDenoiser
 from jaxdistill.train.program import RunError, open_run, train
 from sd_folder import make_tiny_sd, write_prompts
+from xla_options import FAST_COMPILE
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = ["a red circle", "a photo of a blue square"]
-# XLA's cheapest CPU compilation (measured in tests/test_unet.py): the step compiles once per test.
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
-                "xla_cpu_use_fusion_emitters": False, "xla_cpu_parallel_codegen_split_count": 1}
 
 
 @pytest.mark.parametrize("kind", ["sd15", "sdxl"])

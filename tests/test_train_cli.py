@@ -215,9 +215,10 @@ def test_eval_samples_zero_skips_the_end_of_train_evaluation(tmp_path):  # what 
 
 
 def test_incompatible_workdir_is_refused_and_left_untouched(tmp_path):
-    train(_tiny(steps=2), str(tmp_path), print_fn=lambda *_: None)
+    quick = dict(steps=2, sample_every=0, eval_samples=0)  # the workdir's checks need no pictures or evaluation
+    train(_tiny(**quick), str(tmp_path), print_fn=lambda *_: None)
     before = {p: os.path.getmtime(tmp_path / "checkpoints" / p) for p in os.listdir(tmp_path / "checkpoints")}
-    other = _tiny(steps=2)
+    other = _tiny(**quick)
     other.model.hidden = 64
     with pytest.raises(RunError, match=r"different `model` section.*new --workdir"):
         train(other, str(tmp_path), print_fn=lambda *_: None)

@@ -29,6 +29,7 @@ from jaxdistill.models.weights import (
     read_safetensors,
     write_safetensors,
 )
+from xla_options import FAST_COMPILE
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -78,13 +79,6 @@ def _torch_forward(model, name: str) -> np.ndarray:
     finally:
         torch.set_num_threads(threads)
     return out.permute(0, 2, 3, 1).numpy()
-
-
-# One compiled call per model, with XLA's cheapest CPU compilation: ~1.4 s of CPU time for a
-# tiny UNet, vs ~2.2 s at optimisation level 0 alone, ~4.5 s at the default level, and ~12.6 s of
-# op-by-op compilation for an eager NNX call (measured on the sd15 and sdxl shapes).
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
-                "xla_cpu_use_fusion_emitters": False, "xla_cpu_parallel_codegen_split_count": 1}
 
 
 def _forward(model: UNet2DConditionModel, name: str) -> np.ndarray:
@@ -182,9 +176,20 @@ def test_remat_wraps_every_resnet_and_transformer_block(tiny):
     assert "DotsSaveable(only_if_no_batch_dims=True)" in jaxpr
 
 
-def test_scanned_transformer_layers_equal_the_loop(tiny):
-    """scan_layers: the sdxl tiny's 2-block transformers run as one lax.scan (checkpointed body),
-    sharded over a (2, 4, 1) mesh; output and parameter gradients equal the unrolled loop's."""
+@pytest.fixture(scope="module")
+def sdxl_grad_steps(tiny):
+    """{scan_layers: (the compiled gradient of the sdxl inputs' mean squared output, that
+    gradient)} for the sdxl tiny under remat="full" on one device, unrolled (False) and scanned
+    (True): compiled once for the two tests below (about 15 s of CPU time each)."""
+    _, folder, _, _ = tiny("sdxl")
+    return {scan: _grad_step(UNet2DConditionModel.from_pretrained(folder, remat="full", scan_layers=scan))
+            for scan in (False, True)}
+
+
+def test_scanned_transformer_layers_equal_the_loop(tiny, sdxl_grad_steps):
+    """scan_layers: the sdxl tiny's 2-block transformers run as one lax.scan (checkpointed body);
+    loaded sharded over a (2, 4, 1) mesh its output equals the unrolled loop's, and so do its
+    parameter gradients."""
     from jaxdistill.train.sharding import make_mesh
 
     _, folder, loop, out = tiny("sdxl")
@@ -197,29 +202,27 @@ def test_scanned_transformer_layers_equal_the_loop(tiny):
     assert jaxpr.count("scan[") == 4 and jaxpr.count("remat2[") == 4 + 8
     np.testing.assert_allclose(_forward(scanned, "sdxl"), out, atol=1e-5, rtol=0)
 
-    grads = [nnx.to_flat_state(params) for params in (_grad_step(m)[1] for m in (loop, scanned))]
+    grads = [nnx.to_flat_state(sdxl_grad_steps[scan][1]) for scan in (False, True)]
     for (path, a), (path_b, b) in zip(*grads, strict=True):
         assert path == path_b
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=2e-6, rtol=1e-4, err_msg=".".join(map(str, path)))
 
 
-def _grad_step(model: UNet2DConditionModel, run: bool = True):
-    """(the compiled gradient of the sdxl inputs' mean squared output, the gradient if `run`)."""
+def _grad_step(model: UNet2DConditionModel):
+    """(the compiled gradient of the sdxl inputs' mean squared output, that gradient)."""
     x, t, ctx, added = _inputs("sdxl")
     graphdef, params = nnx.split(model)
     loss = lambda p: jnp.mean(nnx.merge(graphdef, p)(jnp.asarray(x), t, ctx, added) ** 2)  # noqa: E731
     compiled = jax.jit(jax.grad(loss)).lower(params).compile(compiler_options=FAST_COMPILE)
-    return compiled, compiled(params) if run else None
+    return compiled, compiled(params)
 
 
-def test_the_planner_counts_every_scanned_layer(tiny):
+def test_the_planner_counts_every_scanned_layer(sdxl_grad_steps):
     """XLA's cost analysis sees one block per scan; `costs.step_cost` adds the other iterations
     (the same program unrolled is the reference, both under remat="full" on one device)."""
     from jaxdistill.train.costs import step_cost
 
-    _, folder, _, _ = tiny("sdxl")
-    loop, scanned = (_grad_step(UNet2DConditionModel.from_pretrained(folder, remat="full", scan_layers=scan), False)[0]
-                     for scan in (False, True))
+    loop, scanned = (sdxl_grad_steps[scan][0] for scan in (False, True))
     unrolled = loop.cost_analysis()["flops"]
     assert scanned.cost_analysis()["flops"] < 0.9 * unrolled
     assert abs(step_cost(scanned, 1).flops / unrolled - 1) < 0.03, (step_cost(scanned, 1).flops, unrolled)

@@ -6,6 +6,7 @@ the student's alignment."""
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from jaxdistill import world
 from jaxdistill.world import judge as judge_lib
 from jaxdistill.world import metrics, scene
+from xla_options import FAST_COMPILE
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -41,6 +43,11 @@ def test_world_is_deterministic_per_seed_and_captions_name_kind_and_colour():
         scene.parse_prompt("a purple hexagon")
 
 
+def _compiled(fn, *args):
+    """`fn(*args)` as one program compiled cheaply (an eager NNX call compiles op by op)."""
+    return jax.jit(lambda *a: fn(*a)).lower(*args).compile(FAST_COMPILE)(*args)
+
+
 def test_shipped_teacher_loads_through_the_sd_path_and_matches_diffusers():
     from jaxdistill.teachers.stable_diffusion import StableDiffusion, UNetDenoiser, prompt_bank
 
@@ -58,13 +65,13 @@ def test_shipped_teacher_loads_through_the_sd_path_and_matches_diffusers():
     t = np.asarray([10, 500, 990])
     with torch.no_grad():
         eps = pipe.unet(torch.from_numpy(x.transpose(0, 3, 1, 2)), torch.from_numpy(t), ref_cond).sample.numpy()
-    ours = sd.unet(jnp.asarray(x), jnp.asarray(t), bank["cond"]["context"])
+    ours = _compiled(sd.unet, jnp.asarray(x), jnp.asarray(t), bank["cond"]["context"])
     np.testing.assert_allclose(np.asarray(ours), eps.transpose(0, 2, 3, 1), atol=5e-5)
     # As a σ-space denoiser: x̂₀ = (x_vp − √(1−ᾱ) ε̂)/√ᾱ at the scheduler's own ᾱ_t.
     ac = pipe.scheduler.alphas_cumprod.numpy()[t][:, None, None, None]
     sigma = np.sqrt((1 - ac) / ac)
-    x0 = UNetDenoiser(sd.unet, sd.schedule)(jnp.asarray(x / np.sqrt(ac)), jnp.asarray(sigma.reshape(-1)),
-                                            {"context": bank["cond"]["context"]})
+    x0 = _compiled(UNetDenoiser(sd.unet, sd.schedule), jnp.asarray(x / np.sqrt(ac)), jnp.asarray(sigma.reshape(-1)),
+                   {"context": bank["cond"]["context"]})
     np.testing.assert_allclose(np.asarray(x0), (x - np.sqrt(1 - ac) * eps.transpose(0, 2, 3, 1)) / np.sqrt(ac),
                                atol=2e-3)
 

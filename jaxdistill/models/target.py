@@ -66,7 +66,8 @@ def shard_batch(x: jax.Array) -> jax.Array:
     batch does not divide. Without this, XLA's SPMD partitioner may keep a matmul's weights
     sharded over fsdp and gather the activations instead: every device then computes the whole
     batch's activations (the tiny SDXL-shaped SiD-LSG step on 8 CPU devices at mesh (1, 8, 1):
-    4.9× the temporaries and 2.9× the FLOPs of data parallelism)."""
+    3.4× the temporaries and 1.9× the FLOPs of data parallelism, 4.9× and 2.9× without
+    `gather_weight` as well; tests/test_planning.py)."""
     m = mesh()
     if m is None:
         return x
