@@ -492,6 +492,9 @@ def test_a_scanned_step_costs_what_the_unrolled_one_does():
     assert abs(lowered_flops / expected - 1) < 0.05, (lowered_flops, expected)
 
 
+# 27-48 s (three compiles of the tiny DMD2 step through `info`): `make test-all`; CI keeps the
+# scan count of tests/test_unet.py::test_the_planner_counts_every_scanned_layer.
+@pytest.mark.heavy
 def test_every_critic_update_is_counted(tmp_path):
     """DMD2's critic updates run as a lax.scan; the planner counts each of them: every two more
     updates add the same FLOPs, and the same bytes filed under the critic updates. The traffic
