@@ -65,7 +65,9 @@ def test_two_processes_train_the_parameters_of_one_process(tmp_path):
     for text in ("compiled the train step", "step 6/6", "final:"):
         assert text in outs[0] and text not in outs[1], f"process 0 alone prints the run's output ({text!r})"
     assert os.listdir(tmp_path / "two" / "samples") == ["samples_0000006.png"]
-    train(_config(), str(tmp_path / "one"), print_fn=lambda *_: None)
+    reference = _config()  # its states are the check: no pictures, no end-of-train evaluation
+    reference.train.update(sample_every=0, eval_samples=0)
+    train(reference, str(tmp_path / "one"), print_fn=lambda *_: None)
     for step in (3, 6):  # the two-process checkpoint restores in this single process, on its own mesh
         two, one = _state(tmp_path / "two", step), _state(tmp_path / "one", step)
         assert int(two.step) == int(one.step) == step

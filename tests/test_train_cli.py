@@ -158,10 +158,12 @@ def test_cli_run_then_sample_eval_export_info_and_a_corrupted_checkpoint(tmp_pat
 # One kill point in CI's `make test`; three in `make test-all`.
 @pytest.mark.parametrize("kills", [1, pytest.param(3, marks=pytest.mark.heavy)])
 def test_resume_after_sigkill_is_bit_identical(tmp_path, kills):
-    steps, overrides = 12, ("--config.train.steps=12", "--config.train.checkpoint_every=1")
+    # No pictures and no end-of-train evaluation: the state is the check (and they draw no training keys).
+    quick = dict(steps=12, checkpoint_every=1, sample_every=0, eval_samples=0)
+    steps, overrides = quick["steps"], tuple(f"--config.train.{k}={v}" for k, v in quick.items())
     straight = tmp_path / "straight"
     # The uninterrupted reference runs in-process: the same program the CLI runs.
-    train(_tiny(steps=steps, checkpoint_every=1), str(straight), print_fn=lambda *_: None)
+    train(_tiny(**quick), str(straight), print_fn=lambda *_: None)
     reference = _final_state(straight, steps)
     rng = np.random.default_rng(0)
     for kill_after in sorted(rng.choice(np.arange(2, 10), size=kills, replace=False)):
