@@ -68,7 +68,7 @@ def _errors(gm, denoiser, sigmas, dtype=jnp.float32):
     x0 = gm.sample(jax.random.key(0), n * len(sigmas)).astype(dtype)
     sig = jnp.repeat(jnp.asarray(sigmas, dtype), n)
     x = x0 + sig.reshape(-1, 1, 1, 1) * jax.random.normal(jax.random.key(1), x0.shape, dtype)
-    err = jnp.abs(jax.jit(denoiser)(x, sig) - gm.denoise(x, sig)).reshape(len(sigmas), -1)
+    err = jnp.abs(jax.jit(denoiser)(x, sig) - jax.jit(gm.denoise)(x, sig)).reshape(len(sigmas), -1)
     return np.asarray(jnp.max(err, axis=1))
 
 
