@@ -580,7 +580,7 @@ def test_info_compiles_a_stable_diffusion_step_from_config_files_alone(tmp_path)
     assert report["parameters"]["teacher"] > report["parameters"]["generator"] > 0
 
 
-# About 190 s on the 2-core machine (two compiles of the whole step, 70 and 85 s of XLA time), so
+# About 190 s on the 2-core machine (two builds and compiles of the whole step, 72 and 82 s), so
 # `make test-all` only. No cheaper program stands in for it: the tiny SDXL UNet's gradient alone
 # at (1, 8, 1), its inputs sharded, drawn inside the program, gathered from a prompt bank or
 # concatenated with unconditional ones, costs the same FLOPs with and without `shard_batch`.

@@ -158,7 +158,7 @@ def test_cli_run_then_sample_eval_export_info_and_a_corrupted_checkpoint(tmp_pat
 # One kill point in CI's `make test`; three in `make test-all`.
 @pytest.mark.parametrize("kills", [1, pytest.param(3, marks=pytest.mark.heavy)])
 def test_resume_after_sigkill_is_bit_identical(tmp_path, kills):
-    # No pictures and no end-of-train evaluation: the state is the check (and they draw no training keys).
+    # No pictures and no end-of-train evaluation, in the reference and the killed runs alike: the state is the check.
     quick = dict(steps=12, checkpoint_every=1, sample_every=0, eval_samples=0)
     steps, overrides = quick["steps"], tuple(f"--config.train.{k}={v}" for k, v in quick.items())
     straight = tmp_path / "straight"

@@ -180,7 +180,7 @@ def test_remat_wraps_every_resnet_and_transformer_block(tiny):
 def sdxl_grad_steps(tiny):
     """{scan_layers: (the compiled gradient of the sdxl inputs' mean squared output, that
     gradient)} for the sdxl tiny under remat="full" on one device, unrolled (False) and scanned
-    (True): compiled once for the two tests below (about 15 s of CPU time each)."""
+    (True): compiled once for the two tests below (the pair: 25-32 s of setup in the suite)."""
     _, folder, _, _ = tiny("sdxl")
     return {scan: _grad_step(UNet2DConditionModel.from_pretrained(folder, remat="full", scan_layers=scan))
             for scan in (False, True)}
