@@ -60,9 +60,10 @@ def test_edm_heun_costs_two_calls_per_step_but_one_on_the_last():
 def _diffusers_loop(scheduler, eps_fn, latents):
     import torch
 
+    # np.array, not np.asarray: torch.from_numpy warns on the read-only views of jax arrays.
     for t in scheduler.timesteps:
         inp = scheduler.scale_model_input(latents, t)
-        eps = torch.from_numpy(np.asarray(eps_fn(inp.numpy(), np.full(inp.shape[0], float(t), np.float32))))
+        eps = torch.from_numpy(np.array(eps_fn(inp.numpy(), np.full(inp.shape[0], float(t), np.float32))))
         latents = scheduler.step(eps, t, latents).prev_sample
     return latents.numpy()
 
@@ -92,7 +93,7 @@ def test_euler_equals_diffusers_euler_discrete(sd_mixture_and_eps):
     gm, sd, eps_net = sd_mixture_and_eps
     sched = diffusers.EulerDiscreteScheduler(**SD15)
     sched.set_timesteps(20)
-    noise = np.asarray(jax.random.normal(jax.random.key(3), (8, 4, 4, 4)))
+    noise = np.array(jax.random.normal(jax.random.key(3), (8, 4, 4, 4)))
     ref = _diffusers_loop(sched, eps_net, torch.from_numpy(noise) * sched.init_noise_sigma)
     den = make_denoiser(eps_net, "epsilon", sd)
     ladder = sched.sigmas.numpy()
@@ -109,7 +110,7 @@ def test_ddim_equals_diffusers_ddim(sd_mixture_and_eps):
     gm, sd, eps_net = sd_mixture_and_eps
     sched = diffusers.DDIMScheduler(**SD15, set_alpha_to_one=False, clip_sample=False)
     sched.set_timesteps(25)
-    noise = np.asarray(jax.random.normal(jax.random.key(4), (8, 4, 4, 4)))
+    noise = np.array(jax.random.normal(jax.random.key(4), (8, 4, 4, 4)))
     ref = _diffusers_loop(sched, eps_net, torch.from_numpy(noise))  # DDIM starts from unit noise in VP scale
     ladder = sd.sampling_sigmas(25, "leading", steps_offset=1, set_alpha_to_one=False)
     np.testing.assert_array_equal(sd.timesteps(25, "leading", 1), sched.timesteps.numpy())
