@@ -1,6 +1,6 @@
 """One UNet feed-forward compiled for a TPU slice with fsdp-split kernels, with and without
 FSDP's explicit all-gather of each kernel before use and reduce-scatter of its gradient after
-(`jaxdistill.models.target.gather_weight`): HBM traffic, FLOPs, collectives and the loops XLA
+(`jaxdistill.models.target.apply_gathered`): HBM traffic, FLOPs, collectives and the loops XLA
 adds (needs the libtpu extra; seconds).
 
     python experiments/fsdp_gather.py                          # SD1.5 64x64 GEGLU, v5p-64 at (1, 32, 1)
@@ -10,8 +10,10 @@ Without the gather, XLA's SPMD partitioner keeps a kernel split over fsdp while 
 split over the same axis and runs the matmul as a windowed einsum (`windowed_dot_general` loops,
 collective-permutes of kernel shards), every trip reading and writing the whole output. The
 gathered kernels' gradients are constrained back to the kernels' shards (a reduce-scatter where
-XLA makes one); the middle row leaves them whole over fsdp, as the gather's transpose does. The
-feed-forward is `jaxdistill.models.unet.FeedForward` (GEGLU, 4x), value and gradient of a sum of
+XLA makes one); "gradient whole" leaves them whole over fsdp, as the gather's transpose does;
+"one-stage gradient" sums them over every batch shard, then slices (what the layers do without
+a data axis), where the layers, on a mesh with data and fsdp axes, reduce-scatter over fsdp and
+then all-reduce the shard over data ("gathered"). The feed-forward is `jaxdistill.models.unet.FeedForward` (GEGLU, 4x), value and gradient of a sum of
 squares, its activations rematerialised as the planning rows do.
 """
 
@@ -32,13 +34,14 @@ from jaxdistill.train import sharding as shd
 from jaxdistill.train import topology as tpu
 
 
-KERNELS = ("as split", "gathered, gradient whole", "gathered")
+KERNELS = ("as split", "gathered, gradient whole", "gathered, one-stage gradient", "gathered")
 
 
 def compile_feed_forward(mesh, dim: int, tokens: int, batch: int, kernels: str):
     """The feed-forward's value and gradient compiled for `mesh`, its kernels (`KERNELS`) as
     split (traced outside `compiling_for`: the layers see no mesh), gathered with the gradient
-    left whole (the gather as a plain sharding constraint), or gathered as the layers do."""
+    left whole (the gather as a plain sharding constraint), gathered with the gradient summed
+    over all batch shards and sliced (`target.gather_weight` alone), or as the layers do."""
     ff = FeedForward(dim, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(ff, nnx.Param)
     params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), nnx.to_pure_dict(params))
@@ -52,14 +55,16 @@ def compile_feed_forward(mesh, dim: int, tokens: int, batch: int, kernels: str):
     x = jax.ShapeDtypeStruct((batch, tokens, dim), jnp.bfloat16)
     if kernels == "as split":
         return step.lower(params, x).compile()
-    gather = target._gather
+    gather, apply_gathered = target._gather, target.apply_gathered
     if kernels == "gathered, gradient whole":
         target._gather = lambda w, whole, own: jax.lax.with_sharding_constraint(w, whole)
+    if kernels != "gathered":
+        target.apply_gathered = lambda op, lhs, w, axes: op(lhs, target.gather_weight(w, axes))
     try:
         with target.compiling_for(mesh):
             return step.lower(params, x).compile()
     finally:
-        target._gather = gather
+        target._gather, target.apply_gathered = gather, apply_gathered
 
 
 def main() -> None:
@@ -75,7 +80,7 @@ def main() -> None:
     chips = len(devices)
     print(f"FeedForward({args.dim}) on [{args.per_chip * chips}, {args.tokens}, {args.dim}] bf16, {args.topology} "
           f"at mesh {args.mesh}; per chip:")
-    print(f"{'kernels':<25} {'HBM GB':>8} {'TFLOPs':>7} {'collectives MiB':>60} {'loops (windowed einsum)':>24}")
+    print(f"{'kernels':<30} {'HBM GB':>8} {'TFLOPs':>7} {'collectives MiB':>60} {'loops (windowed einsum)':>24}")
     for kernels in KERNELS:
         compiled = compile_feed_forward(mesh, args.dim, args.tokens, args.per_chip * chips, kernels)
         cost = costs.step_cost(compiled, chips)
@@ -83,7 +88,7 @@ def main() -> None:
         loops = re.findall(r" while\(.*body=%?([\w.\-]+)", text)
         windowed = sum("windowed" in body for body in loops)
         sent = ", ".join(f"{k} {v / 2**20:.1f}" for k, v in cost.collectives.items() if v)
-        print(f"{kernels:<25} {cost.bytes_accessed / 1e9:>8.2f} {cost.flops / 1e12:>7.2f} "
+        print(f"{kernels:<30} {cost.bytes_accessed / 1e9:>8.2f} {cost.flops / 1e12:>7.2f} "
               f"{sent:>60} {len(loops):>12} ({windowed})")
 
 

@@ -300,6 +300,51 @@ def test_layers_gather_their_kernels_over_fsdp_before_use_and_scatter_their_grad
     assert target.gather_weight(x, ("fsdp", "tensor")) is x  # outside compiling_for: unchanged
 
 
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_kernel_gradients_reduce_over_fsdp_then_data(kind, monkeypatch):
+    """On a mesh with data and fsdp axes (2, 4, 1), a layer's kernel gradient is reduced in two
+    stages (`target.apply_gathered`): a reduce-scatter over each fsdp group, then an all-reduce
+    of the shard over data, where summing over all 8 batch shards and slicing sends an
+    all-reduce of the whole kernel. The gradients are the unsharded ones, and the two-stage
+    program sends about half the reduction's bytes (ring model, `costs.step_cost`)."""
+    from jaxdistill.models import layers, target
+    from jaxdistill.train import costs, sharding
+
+    mesh = make_mesh((2, 4, 1))
+    layer = (layers.dense(64, 32, rngs=nnx.Rngs(0)) if kind == "dense"
+             else layers.conv(64, 32, 3, rngs=nnx.Rngs(0)))
+    graphdef, params = nnx.split(layer, nnx.Param)
+    params = nnx.to_pure_dict(params)
+    x = np.random.default_rng(0).normal(size=(8, 5, 64) if kind == "dense" else (8, 6, 6, 64)).astype(np.float32)
+
+    def loss(p, x):
+        return (nnx.merge(graphdef, p)(x) ** 2).mean()
+
+    def compiled_and_grads():  # a new jit each time: a cached trace would not see the patch below
+        grad = jax.jit(jax.grad(loss, argnums=(0, 1)), in_shardings=(
+            sharding.named(mesh, sharding.param_specs(layer)), NamedSharding(mesh, P(sharding.BATCH_AXES))))
+        with target.compiling_for(mesh):
+            return grad.lower(params, x).compile(), grad(params, x)
+
+    compiled, grads = compiled_and_grads()
+    expected = jax.grad(loss, argnums=(0, 1))(params, x)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+    own = NamedSharding(mesh, sharding.param_specs(layer)["kernel"])
+    assert grads[0]["kernel"].sharding.is_equivalent_to(own, x.ndim if kind == "conv" else 2)
+    kernel_bytes = params["kernel"].size * 4
+    sent = costs.step_cost(compiled, 8).collectives
+    # the reduce-scatter over fsdp = 4 sends 3 kernel shards; the data all-reduce of one shard
+    # (2 · 1/2 · S/4) and the replicated bias's all-reduce over all 8 are all-reduces
+    assert sent["reduce-scatter"] == 3 / 4 * kernel_bytes
+    assert sent["all-reduce"] == kernel_bytes / 4 + 2 * 7 / 8 * params["bias"].size * 4
+
+    monkeypatch.setattr(target, "apply_gathered", lambda op, lhs, w, axes: op(lhs, target.gather_weight(w, axes)))
+    one_stage = costs.step_cost(compiled_and_grads()[0], 8).collectives
+    assert one_stage["reduce-scatter"] == 0  # XLA:CPU keeps the all-reduce over all 8 and slices
+    assert sent["reduce-scatter"] + sent["all-reduce"] < 0.6 * one_stage["all-reduce"]
+
+
 def test_batch_not_divisible_by_data_times_fsdp():
     with pytest.raises(ValueError, match=r"batch_size=12.*data×fsdp = 8"):
         _distiller("sid", make_mesh(MESH), batch_size=12)

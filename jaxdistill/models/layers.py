@@ -16,7 +16,9 @@ fixed (the 4 latent channels of `conv_in` / `conv_out`) pass `axes` to leave tha
 
 Convolutions and linear layers gather their kernel over the mesh's fsdp axis before use
 (`jaxdistill.models.target.gather_weight`, FSDP's all-gather), so that XLA never runs their
-matmuls as windowed einsums over kernel shards, and reduce-scatter their gradients back.
+matmuls as windowed einsums over kernel shards, and reduce-scatter their gradients back
+(`jaxdistill.models.target.apply_gathered`: in two stages, over fsdp then data, where the mesh
+has both).
 """
 
 from __future__ import annotations
@@ -47,14 +49,15 @@ def _mesh_axes(axes: tuple) -> tuple:
 
 @dataclasses.dataclass(frozen=True)
 class GatheredDot:
-    """`lax.dot_general` with its kernel gathered over fsdp first (`target.gather_weight`);
+    """`lax.dot_general` with its kernel gathered over fsdp first (`target.apply_gathered`);
     `kernel_axes` is the kernel's own sharding (a mesh axis or None per dim). Frozen, so layers
     built alike have equal graph definitions."""
 
     kernel_axes: tuple
 
     def __call__(self, lhs, rhs, *args, **kwargs):
-        return jax.lax.dot_general(lhs, target.gather_weight(rhs, self.kernel_axes), *args, **kwargs)
+        return target.apply_gathered(lambda x, k: jax.lax.dot_general(x, k, *args, **kwargs), lhs, rhs,
+                                     self.kernel_axes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +67,8 @@ class GatheredConv:
     kernel_axes: tuple
 
     def __call__(self, lhs, rhs, *args, **kwargs):
-        return conv_general_dilated(lhs, target.gather_weight(rhs, self.kernel_axes), *args, **kwargs)
+        return target.apply_gathered(lambda x, k: conv_general_dilated(x, k, *args, **kwargs), lhs, rhs,
+                                     self.kernel_axes)
 
 
 class _ShapeOnlyRngs:
