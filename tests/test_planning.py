@@ -520,6 +520,14 @@ def test_every_critic_update_is_counted(tmp_path):
     assert critic_bytes[1] - critic_bytes[0] == critic_bytes[2] - critic_bytes[1] > 0
 
 
+def test_an_hlo_path_that_cannot_be_written_fails_before_the_compile(tmp_path):
+    """`info --hlo_out` makes the file's folder, or stops before compiling (a 256-chip compile
+    takes over an hour on a 2-core host) when it cannot: here its parent is a file."""
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(RunError, match=r"--hlo_out=.*a_file/step.hlo.gz.*cannot create its folder"):
+        info(mixture_config("sid", "tiny"), hlo_out=str(tmp_path / "a_file" / "step.hlo.gz"))
+
+
 def test_an_out_of_memory_compile_error_is_read():
     e = RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
                      "(32.00G) exceeds available HBM (15.75G).")

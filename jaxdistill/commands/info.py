@@ -24,6 +24,7 @@ import dataclasses
 import gzip
 import json
 import math
+import os
 
 import jax
 from absl import flags
@@ -56,6 +57,14 @@ def info(config, *, topology: str = "", num_prompts: int = 1024, hlo_out: str = 
     report its costs (see the module docstring); returns the report as a dict. `hlo_out` also
     writes the optimised per-device HLO text there (gzip when it ends in .gz), to read again
     without compiling (`costs.hlo_step_cost`)."""
+    if hlo_out:  # before the compile, which can take an hour: a folder that cannot be written fails now
+        folder = os.path.dirname(os.path.abspath(hlo_out))
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise RunError(f"--hlo_out={hlo_out!r}: cannot create its folder {folder} ({e.strerror}).") from e
+        if not os.access(folder, os.W_OK) or os.path.isdir(hlo_out):
+            raise RunError(f"--hlo_out={hlo_out!r} cannot be written: give a file path in a writable folder.")
     chip, devices = None, None
     if topology:
         try:
