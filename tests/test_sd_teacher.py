@@ -44,7 +44,7 @@ def test_prompt_conditioning_and_teacher_denoiser_match_diffusers(tmp_path, kind
         np.testing.assert_allclose(np.asarray(bank["text_embeds"][:2]), pooled.numpy(), atol=1e-5)
         # force_zeros_for_empty_prompt: the null condition is zeros, as diffusers' negative embeds.
         assert float(jnp.abs(bank["context"][2]).max()) == 0.0 and float(neg_pooled.abs().max()) == 0.0
-        time_ids = np.asarray(bank["time_ids"][:2])
+        time_ids = np.array(bank["time_ids"][:2])  # a writable copy for torch
         np.testing.assert_array_equal(time_ids, [[32, 32, 0, 0, 32, 32]] * 2)
         added = {"text_embeds": pooled, "time_ids": torch.from_numpy(time_ids)}
     np.testing.assert_allclose(np.asarray(bank["context"][:2]), ref.numpy(), atol=1e-5)
