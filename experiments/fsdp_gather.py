@@ -13,8 +13,9 @@ gathered kernels' gradients are constrained back to the kernels' shards (a reduc
 XLA makes one); "gradient whole" leaves them whole over fsdp, as the gather's transpose does;
 "one-stage gradient" sums them over every batch shard, then slices (what the layers do without
 a data axis), where the layers, on a mesh with data and fsdp axes, reduce-scatter over fsdp and
-then all-reduce the shard over data ("gathered"). The feed-forward is `jaxdistill.models.unet.FeedForward` (GEGLU, 4x), value and gradient of a sum of
-squares, its activations rematerialised as the planning rows do.
+then all-reduce the shard over data ("gathered"). The feed-forward is
+`jaxdistill.models.unet.FeedForward` (GEGLU, 4x), value and gradient of a sum of squares, its
+activations rematerialised as the planning rows do.
 """
 
 from __future__ import annotations

@@ -331,7 +331,7 @@ def test_kernel_gradients_reduce_over_fsdp_then_data(kind, monkeypatch):
     for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected)):
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
     own = NamedSharding(mesh, sharding.param_specs(layer)["kernel"])
-    assert grads[0]["kernel"].sharding.is_equivalent_to(own, x.ndim if kind == "conv" else 2)
+    assert grads[0]["kernel"].sharding.is_equivalent_to(own, params["kernel"].ndim)
     kernel_bytes = params["kernel"].size * 4
     sent = costs.step_cost(compiled, 8).collectives
     # the reduce-scatter over fsdp = 4 sends 3 kernel shards; the data all-reduce of one shard

@@ -128,15 +128,15 @@ def apply_gathered(op, lhs: jax.Array, w: jax.Array, axes: tuple) -> jax.Array:
     all-reduce and sends the same bytes both ways (18.7 and 4.7 MiB;
     `experiments/fsdp_gather.py`). On a multi-host slice without a data axis (a v5p-64 at
     (1, 32, 1)) it all-reduces even an explicit reduce-scatter of a 50 MiB kernel
-    (`experiments/tpu_plan.md`), so the one-stage path stays there, as it does with a tensor axis, for kernels not split over fsdp
-    and for batches that data × fsdp does not divide. The kernel's cotangent is `op`'s own
+    (`experiments/tpu_plan.md`), so the one-stage path stays there, as it does with a tensor
+    axis, for kernels not split over fsdp and for batches that data × fsdp does not divide. The kernel's cotangent is `op`'s own
     transpose on each device's shard of the batch, so the gradient is the unsharded one up to
     the order of the sums."""
     m = mesh()
     data, fsdp, tensor = (1, 1, 1) if m is None else (m.shape.get(a, 1) for a in ("data", "fsdp", "tensor"))
     if data == 1 or fsdp == 1 or tensor > 1 or "fsdp" not in axes or lhs.shape[0] % (data * fsdp):
         return op(lhs, gather_weight(w, axes))
-    return _two_stage(op, lhs, w, m, _kernel_shardings(m, w, axes)[0], axes)
+    return _two_stage(op, lhs, w, m, axes)
 
 
 def _kernel_shardings(m: jax.sharding.Mesh, w: jax.Array, axes: tuple) -> tuple[NamedSharding, NamedSharding]:
@@ -147,10 +147,10 @@ def _kernel_shardings(m: jax.sharding.Mesh, w: jax.Array, axes: tuple) -> tuple[
     return NamedSharding(m, whole), NamedSharding(m, P(*axes))
 
 
-def _two_stage(op, lhs: jax.Array, w: jax.Array, m: jax.sharding.Mesh, whole: NamedSharding,
-               axes: tuple) -> jax.Array:
-    """`apply_gathered`'s two-stage gradient reduction (see there)."""
-    batch = P(BATCH_AXES)
+def _two_stage(op, lhs: jax.Array, w: jax.Array, m: jax.sharding.Mesh, axes: tuple) -> jax.Array:
+    """`apply_gathered`'s two-stage gradient reduction (see there); tensor is 1, so the gathered
+    kernel is whole on every device."""
+    batch, whole = P(BATCH_AXES), NamedSharding(m, P())
     scatter_dim = axes.index("fsdp")
 
     def kernel_grad(x, g, k):  # per device: its batch shard's partial sum, reduced in two stages
