@@ -129,9 +129,9 @@ def apply_gathered(op, lhs: jax.Array, w: jax.Array, axes: tuple) -> jax.Array:
     `experiments/fsdp_gather.py`). On a multi-host slice without a data axis (a v5p-64 at
     (1, 32, 1)) it all-reduces even an explicit reduce-scatter of a 50 MiB kernel
     (`experiments/tpu_plan.md`), so the one-stage path stays there, as it does with a tensor
-    axis, for kernels not split over fsdp and for batches that data × fsdp does not divide. The kernel's cotangent is `op`'s own
-    transpose on each device's shard of the batch, so the gradient is the unsharded one up to
-    the order of the sums."""
+    axis, for kernels not split over fsdp and for batches that data × fsdp does not divide. The
+    kernel's cotangent is `op`'s own transpose on each device's shard of the batch, so the
+    gradient is the unsharded one up to the order of the sums."""
     m = mesh()
     data, fsdp, tensor = (1, 1, 1) if m is None else (m.shape.get(a, 1) for a in ("data", "fsdp", "tensor"))
     if data == 1 or fsdp == 1 or tensor > 1 or "fsdp" not in axes or lhs.shape[0] % (data * fsdp):
