@@ -522,10 +522,14 @@ def test_every_critic_update_is_counted(tmp_path):
 
 def test_an_hlo_path_that_cannot_be_written_fails_before_the_compile(tmp_path):
     """`info --hlo_out` makes the file's folder, or stops before compiling (a 256-chip compile
-    takes over an hour on a 2-core host) when it cannot: here its parent is a file."""
+    takes over an hour on a 2-core host) when it cannot: here its parent is a file, then the path
+    is a folder."""
     (tmp_path / "a_file").write_text("")
     with pytest.raises(RunError, match=r"--hlo_out=.*a_file/step.hlo.gz.*cannot create its folder"):
         info(mixture_config("sid", "tiny"), hlo_out=str(tmp_path / "a_file" / "step.hlo.gz"))
+    (tmp_path / "a_folder").mkdir()  # a path that names a folder, not a file
+    with pytest.raises(RunError, match=r"--hlo_out=.*a_folder'? cannot be written: give a file path"):
+        info(mixture_config("sid", "tiny"), hlo_out=str(tmp_path / "a_folder"))
 
 
 def test_an_out_of_memory_compile_error_is_read():
