@@ -70,7 +70,13 @@ def test_restoring_into_a_different_network_names_the_problem(tmp_path):
     with Checkpointer(str(tmp_path)) as ckpt:
         d.save(ckpt)
     other = toy_distiller(GM, SPEC, **{**KW, "hidden": 64})
-    with Checkpointer(str(tmp_path)) as ckpt, pytest.raises(ValueError, match="does not fit this run's state"):
+    with Checkpointer(str(tmp_path)) as ckpt, pytest.raises(ValueError, match=(
+            r"does not fit this run's state .*gen\.inp\.bias is \(32,\) in the checkpoint, \(64,\) in this run, "
+            r".* and \d+ more")):
         other.restore(ckpt)
+    deeper = toy_distiller(GM, SPEC, **{**KW, "depth": 3})
+    with Checkpointer(str(tmp_path)) as ckpt, pytest.raises(ValueError, match=(
+            r"gen\.layers\.1\.bias \(32,\) is not in the checkpoint")):
+        deeper.restore(ckpt)
     with Checkpointer(str(tmp_path / "empty")) as ckpt, pytest.raises(FileNotFoundError, match="no complete"):
         other.restore(ckpt)
