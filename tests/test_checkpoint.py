@@ -78,5 +78,10 @@ def test_restoring_into_a_different_network_names_the_problem(tmp_path):
     with Checkpointer(str(tmp_path)) as ckpt, pytest.raises(ValueError, match=(
             r"gen\.layers\.1\.bias \(32,\) is not in the checkpoint")):
         deeper.restore(ckpt)
+    with Checkpointer(str(tmp_path / "deeper")) as ckpt:
+        deeper.save(ckpt)
+    with Checkpointer(str(tmp_path / "deeper")) as ckpt, pytest.raises(ValueError, match=(
+            r"critic\.net\.layers\.1\.bias \(32,\) is in the checkpoint, not in this run")):
+        d.restore(ckpt)
     with Checkpointer(str(tmp_path / "empty")) as ckpt, pytest.raises(FileNotFoundError, match="no complete"):
         other.restore(ckpt)

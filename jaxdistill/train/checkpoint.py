@@ -26,12 +26,9 @@ def abstract_like(state: Any, shardings: Any) -> Any:
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-    """{array name: shape}, each named as orbax names it: the keys of its path joined by '.'."""
-    def name(key) -> str:
-        if isinstance(key, jax.tree_util.GetAttrKey):
-            return key.name
-        return str(key.idx if isinstance(key, jax.tree_util.SequenceKey) else key.key)
-    return {".".join(name(k) for k in path): tuple(x.shape) for path, x in jax.tree_util.tree_leaves_with_path(tree)}
+    """{array name: shape}, each named as orbax names it in a checkpoint's metadata."""
+    names = jax.tree.leaves(ocp.tree.get_param_names(tree, include_empty_nodes=False))
+    return {name: tuple(x.shape) for name, x in zip(names, jax.tree.leaves(tree), strict=True)}
 
 
 def _differences(saved: dict | None, wanted: dict, shown: int = 3) -> str:
