@@ -661,12 +661,7 @@ def test_fsdp_kernels_are_gathered_not_windowed_on_a_tpu_slice():
     the HBM traffic is a fraction of the windowed program's (8.8 against 104.2 GB measured),
     gradients returned to the kernels' shards included (constrained there directly, XLA ran the
     gradient matmuls as windowed einsums again: 45.2 GB)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("fsdp_gather", os.path.join(
-        os.path.dirname(__file__), "..", "experiments", "fsdp_gather.py"))
-    fsdp_gather = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fsdp_gather)
+    fsdp_gather = _experiment("fsdp_gather")
     devices = tpu.devices(tpu.parse("v5p-64"))
     mesh = make_mesh((1, 32, 1), devices)
     cost = {}
@@ -677,3 +672,40 @@ def test_fsdp_kernels_are_gathered_not_windowed_on_a_tpu_slice():
     assert cost["gathered"].bytes_accessed < 0.2 * cost["as split"].bytes_accessed
     # returning the gradients to the kernels' shards adds no windowed einsum of its own
     assert cost["gathered"].bytes_accessed <= 1.01 * cost["gathered, gradient whole"].bytes_accessed
+
+
+def _experiment(name: str):
+    """The script experiments/`name`.py, imported as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(
+        os.path.dirname(__file__), "..", "experiments", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _has_commit(commit: str) -> bool:
+    import subprocess
+
+    return subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=os.path.dirname(__file__),
+                          capture_output=True).returncode == 0 if shutil.which("git") else False
+
+
+@pytest.mark.skipif(not _has_commit("8a98074"), reason="needs this repository's git history (commit 8a98074)")
+def test_a_saved_step_is_counted_as_an_earlier_commit_counted_it():
+    """`experiments/count_at_commit.py` loads `costs.py` from a commit and sums the step's HBM
+    bytes as that commit's `step_cost` did: before 2026-11-25, XLA's bytes accessed (each loop
+    body once) plus the later loop iterations' kernels; today, every kernel by jaxdistill's count."""
+    count_at_commit = _experiment("count_at_commit")
+    xla = {"flops": 0.0, "bytes accessed": 123.0}
+    memory = dict.fromkeys(("argument", "output", "temp", "alias", "generated_code"), 0)
+    body = 2 * 64 * 256 * 4 + 2 * 64 * 256 * 4 + 256 * 256 * 4 + 4  # the loop body's kernels (as above)
+    today = count_at_commit.hbm_bytes(costs, LOOP_HLO, 8, xla, memory)
+    assert today[0] == today[1] == 10 * body + 2 * 64 * 256 * 4  # every iteration, then the all-reduce
+    assert count_at_commit.hbm_bytes(count_at_commit.costs_at("HEAD"), LOOP_HLO, 8, xla, memory) == today
+    old = count_at_commit.hbm_bytes(count_at_commit.costs_at("8a98074"), LOOP_HLO, 8, xla, memory)
+    assert old[0] == 123 + 9 * body  # XLA's count of the first iteration, its own of the other nine
+    assert old[2] == today[2]
+    with pytest.raises(SystemExit, match="--commit no-such-commit"):
+        count_at_commit.costs_at("no-such-commit")
