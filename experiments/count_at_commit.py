@@ -41,13 +41,14 @@ def costs_at(commit: str):
     except subprocess.CalledProcessError as e:
         raise SystemExit(f"--commit {commit}: git show found no jaxdistill/train/costs.py there "
                          f"({e.stderr.strip()}); give a commit of this repository from 2026-11-23 on")
-    path = os.path.join(tempfile.mkdtemp(), f"costs_{commit}.py")
-    with open(path, "w") as f:
-        f.write(source)
-    spec = importlib.util.spec_from_file_location(f"costs_{commit}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, f"costs_{commit}.py")
+        with open(path, "w") as f:
+            f.write(source)
+        spec = importlib.util.spec_from_file_location(f"costs_{commit}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up by name
+        spec.loader.exec_module(module)
     return module
 
 
