@@ -6,28 +6,30 @@ the count's change did.
 
 For each record of `tpu_plan.py --out`'s .jsonl whose HLO was saved (`--hlo_dir`) it prints, per
 chip and step, the HBM bytes that commit's `step_cost` reported and the sum of its kernel traffic
-by kind, its collective bytes, and the same from today's `costs`. Up to commit 4b6c156
+by kind, its collective bytes, and the same from today's `costs`. Before commit 4b6c156
 (2026-11-25) `step_cost`'s HBM bytes were XLA's "bytes accessed" (each loop body once, logical
 shapes) plus that commit's own count of the later loop iterations and the splash kernels'
 re-reads; since then they are jaxdistill's own count of every kernel. `costs.py` imports only
-the standard library, so the old module is loaded from `git show` alone. Each record takes about
-15 s and 2 GB of host memory per count.
+the standard library, so the old module is loaded from `git show` alone. Three planning records
+(SD1.5 and SDXL steps), both counts each: 98 to 108 s and 1.3 GiB resident on a 2-core host.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import importlib.util
+import inspect
 import json
-import math
 import os
 import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path[:0] = [ROOT, HERE]
+
+from tpu_plan import saved_step  # noqa: E402
 
 from jaxdistill.train import costs  # noqa: E402
 from jaxdistill.train.step import UPDATE_SCOPES  # noqa: E402
@@ -58,10 +60,9 @@ def hbm_bytes(module, text: str, devices: int, xla: dict, memory: dict) -> tuple
     if hasattr(module, "hlo_step_cost"):
         step = module.hlo_step_cost(text, devices, xla, memory, UPDATE_SCOPES)
         return step.bytes_accessed, sum(step.traffic_by_kind.values()), step.collectives
-    try:  # its step_cost's sum, from the HLO
-        loops = module.loop_costs(text, devices, scopes=UPDATE_SCOPES)
-    except TypeError:  # before a37aec8 (2026-11-24): no traffic by kind or scope
-        loops = module.loop_costs(text, devices)
+    # its step_cost's sum, from the HLO; before a37aec8 (2026-11-24) no traffic by kind or scope
+    scoped = "scopes" in inspect.signature(module.loop_costs).parameters
+    loops = module.loop_costs(text, devices, scopes=UPDATE_SCOPES) if scoped else module.loop_costs(text, devices)
     total = xla["bytes accessed"] + loops.bytes_accessed + getattr(loops, "splash_bytes", 0.0)
     return total, sum(getattr(loops, "traffic_by_kind", {}).values()), loops.collectives
 
@@ -82,14 +83,10 @@ def main() -> None:
         if not best.get("hlo"):
             print(f"{r['recipe']} on {r['slice']}: no saved HLO (compile it with --hlo_dir)", file=sys.stderr)
             continue
-        with gzip.open(best["hlo"], "rt") as f:
-            text = f.read()
-        devices = math.prod(best["mesh"].values())
-        xla = {"flops": best["xla_flops_per_device"], "bytes accessed": best["xla_bytes_accessed_per_device"]}
-        memory = {k: v for k, v in best["memory_per_device"].items() if k != "peak"}
+        step = saved_step(r)
         cells = []
         for module in (old, costs):
-            total, kinds, collectives = hbm_bytes(module, text, devices, xla, memory)
+            total, kinds, collectives = hbm_bytes(module, *step)
             cells += [f"{total / 1e12:.3f}", f"{kinds / 1e12:.3f}", f"{sum(collectives.values()) / 2**30:.2f}"]
         print(f"| {r['recipe']} | {r['slice']} | {best['global_batch']} | " + " | ".join(cells) + " |", flush=True)
 

@@ -146,23 +146,30 @@ def _append(out: str, line: str, record: dict) -> None:
             f.write(json.dumps(record, default=str) + "\n")
 
 
-def reread(record: dict) -> dict:
-    """A planning record (a line of `--out`'s .jsonl) with its costs counted again from the HLO
-    its compile saved (`--hlo_dir`), with XLA's analyses as recorded: the table under a changed
-    cost model without compiling again."""
+def saved_step(record: dict) -> tuple[str, int, dict, dict]:
+    """(optimised HLO text, devices, XLA's cost analysis, memory analysis) of the step a planning
+    record's compile saved (`--hlo_dir`), the analyses as recorded: `costs.hlo_step_cost`'s input."""
     import gzip
-
-    from jaxdistill.commands.info import cost_report
-    from jaxdistill.train import costs
-    from jaxdistill.train import topology as tpu
-    from jaxdistill.train.step import UPDATE_SCOPES
 
     best = record["best"]
     with gzip.open(best["hlo"], "rt") as f:
         text = f.read()
     memory = {k: v for k, v in best["memory_per_device"].items() if k != "peak"}
     xla = {"flops": best["xla_flops_per_device"], "bytes accessed": best["xla_bytes_accessed_per_device"]}
-    step = costs.hlo_step_cost(text, math.prod(best["mesh"].values()), xla, memory, UPDATE_SCOPES)
+    return text, math.prod(best["mesh"].values()), xla, memory
+
+
+def reread(record: dict) -> dict:
+    """A planning record (a line of `--out`'s .jsonl) with its costs counted again from the HLO
+    its compile saved (`--hlo_dir`), with XLA's analyses as recorded: the table under a changed
+    cost model without compiling again."""
+    from jaxdistill.commands.info import cost_report
+    from jaxdistill.train import costs
+    from jaxdistill.train import topology as tpu
+    from jaxdistill.train.step import UPDATE_SCOPES
+
+    best = record["best"]
+    step = costs.hlo_step_cost(*saved_step(record), UPDATE_SCOPES)
     chip = tpu.parse(record["slice"]).chip
     return {**record, "best": {**best, **cost_report(step, chip, best["global_batch"])}}
 
