@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import inspect
-import json
 import os
 import subprocess
 import sys
@@ -29,7 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path[:0] = [ROOT, HERE]
 
-from tpu_plan import saved_step  # noqa: E402
+from tpu_plan import saved_records, saved_step  # noqa: E402
 
 from jaxdistill.train import costs  # noqa: E402
 from jaxdistill.train.step import UPDATE_SCOPES  # noqa: E402
@@ -54,7 +53,7 @@ def costs_at(commit: str):
     return module
 
 
-def hbm_bytes(module, text: str, devices: int, xla: dict, memory: dict) -> tuple[float, float, dict]:
+def step_counts(module, text: str, devices: int, xla: dict, memory: dict) -> tuple[float, float, dict]:
     """(step HBM bytes as `module`'s step_cost reported them, the sum of its traffic by kind (0
     before that existed), its collective bytes by kind) for one step's HLO `text`."""
     if hasattr(module, "hlo_step_cost"):
@@ -76,19 +75,13 @@ def main() -> None:
     print(f"| recipe | slice | batch | HBM TB at {args.commit} | its kernels by kind, TB | ICI GiB at {args.commit} "
           "| HBM TB today | kernels by kind today, TB | ICI GiB today |")
     print("|---|---|---|---|---|---|---|---|---|")
-    with open(args.records) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    for r in records:
-        best = r["best"] or {}
-        if not best.get("hlo"):
-            print(f"{r['recipe']} on {r['slice']}: no saved HLO (compile it with --hlo_dir)", file=sys.stderr)
-            continue
+    for r in saved_records(args.records):
         step = saved_step(r)
         cells = []
         for module in (old, costs):
-            total, kinds, collectives = hbm_bytes(module, *step)
+            total, kinds, collectives = step_counts(module, *step)
             cells += [f"{total / 1e12:.3f}", f"{kinds / 1e12:.3f}", f"{sum(collectives.values()) / 2**30:.2f}"]
-        print(f"| {r['recipe']} | {r['slice']} | {best['global_batch']} | " + " | ".join(cells) + " |", flush=True)
+        print(f"| {r['recipe']} | {r['slice']} | {r['best']['global_batch']} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -146,6 +146,18 @@ def _append(out: str, line: str, record: dict) -> None:
             f.write(json.dumps(record, default=str) + "\n")
 
 
+def saved_records(path: str) -> list[dict]:
+    """The records of a `--out` .jsonl whose compile saved its HLO (`--hlo_dir`); the others are
+    named on stderr."""
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    for r in records:
+        if not (r["best"] or {}).get("hlo"):
+            print(f"{r['recipe']} on {r['slice']}: no saved HLO, not read again (compile it with --hlo_dir)",
+                  file=sys.stderr)
+    return [r for r in records if (r["best"] or {}).get("hlo")]
+
+
 def saved_step(record: dict) -> tuple[str, int, dict, dict]:
     """(optimised HLO text, devices, XLA's cost analysis, memory analysis) of the step a planning
     record's compile saved (`--hlo_dir`), the analyses as recorded: `costs.hlo_step_cost`'s input."""
@@ -196,13 +208,7 @@ def main() -> None:
           "| est. images/s | binds | compiles: global batch, verdict (compile s on a 2-core host) |")
     print("|---|---|---|---|---|---|---|---|---|")
     if args.reread:
-        with open(args.reread) as f:
-            records = [json.loads(line) for line in f if line.strip()]
-        for r in records:
-            if not (r["best"] or {}).get("hlo"):
-                print(f"{r['recipe']} on {r['slice']}: no saved HLO, not read again (compile it with --hlo_dir)",
-                      file=sys.stderr)
-                continue
+        for r in saved_records(args.reread):
             r = reread(r)
             line = row(r["recipe"], r["slice"], r["best"], r["tried"], r.get("remat", ""), r.get("scan_layers", False),
                        r["microbatches"], r["attention"])

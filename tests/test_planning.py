@@ -701,10 +701,10 @@ def test_a_saved_step_is_counted_as_an_earlier_commit_counted_it():
     xla = {"flops": 0.0, "bytes accessed": 123.0}
     memory = dict.fromkeys(("argument", "output", "temp", "alias", "generated_code"), 0)
     body = 2 * 64 * 256 * 4 + 2 * 64 * 256 * 4 + 256 * 256 * 4 + 4  # the loop body's kernels (as above)
-    today = count_at_commit.hbm_bytes(costs, LOOP_HLO, 8, xla, memory)
+    today = count_at_commit.step_counts(costs, LOOP_HLO, 8, xla, memory)
     assert today[0] == today[1] == 10 * body + 2 * 64 * 256 * 4  # every iteration, then the all-reduce
-    assert count_at_commit.hbm_bytes(count_at_commit.costs_at("HEAD"), LOOP_HLO, 8, xla, memory) == today
-    old = count_at_commit.hbm_bytes(count_at_commit.costs_at("8a98074"), LOOP_HLO, 8, xla, memory)
+    assert count_at_commit.step_counts(count_at_commit.costs_at("HEAD"), LOOP_HLO, 8, xla, memory) == today
+    old = count_at_commit.step_counts(count_at_commit.costs_at("8a98074"), LOOP_HLO, 8, xla, memory)
     assert old[0] == 123 + 9 * body  # XLA's count of the first iteration, its own of the other nine
     assert old[2] == today[2]
     with pytest.raises(SystemExit, match="--commit no-such-commit"):
