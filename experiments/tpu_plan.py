@@ -17,7 +17,9 @@ that step, and images/s the roofline estimate of `jaxdistill.train.costs` from t
 published peak rates (not a measurement). Each row prints as soon as it is done. With
 `--hlo_dir` each fitting compile's optimised HLO is saved, and `--reread rows.md.jsonl` counts
 those rows' costs again from it in a minute, without compiling (after a change to
-`jaxdistill.train.costs`).
+`jaxdistill.train.costs`). With `--out rows.md`, each compile is also written the moment it ends to
+`rows.md.compiles.jsonl` as a row of its own, so a search stopped (or killed for memory) during a
+later compile keeps the earlier ones; `--reread` reads that file as it reads `rows.md.jsonl`.
 """
 
 from __future__ import annotations
@@ -94,7 +96,9 @@ def plan(recipe: str, slice_name: str, batch: int, mesh, remat: str, scan_layers
 
 def search(recipe: str, slice_name: str, max_tries: int, batch: int = 0, remat: str = "",
            scan_layers: bool = False, microbatches: int = 1, attention: str = "xla",
-           hlo_dir: str = "") -> tuple[dict | None, list]:
+           hlo_dir: str = "", on_compile=None) -> tuple[dict | None, list]:
+    """(the largest fitting compile's report or None, [(batch, fits, seconds, shortfall)] per
+    compile); `on_compile(attempt, report)` is called after each compile."""
     mesh, default_remat = SLICES[slice_name]
     remat = remat or default_remat
     unit = mesh[0] * mesh[1] * microbatches  # the batch must be a multiple of microbatches × data × fsdp
@@ -104,6 +108,8 @@ def search(recipe: str, slice_name: str, max_tries: int, batch: int = 0, remat: 
         r = plan(recipe, slice_name, batch, mesh, remat, scan_layers, microbatches, attention, hlo_dir)
         needs = "" if r["fits"] else f"{r['needs'] / 2**30:.2f} GiB of {r['free'] / 2**30:.2f} GiB"
         tried.append((batch, r["fits"], round(r["seconds"]), needs))
+        if on_compile is not None:
+            on_compile(tried[-1], r)
         verdict = (f"fits, peak {r['memory_per_device']['peak'] / 2**30:.2f} GiB per chip" if r["fits"]
                    else f"does not fit (needs {needs} free for temporaries)")
         print(f"  {recipe} on {slice_name}, global batch {batch}: {verdict}; compiled in {tried[-1][2]} s",
@@ -142,8 +148,18 @@ def _append(out: str, line: str, record: dict) -> None:
     if out:
         with open(out, "a") as f:
             f.write(line + "\n")
-        with open(out + ".jsonl", "a") as f:
-            f.write(json.dumps(record, default=str) + "\n")
+        _append_json(out + ".jsonl", record)
+
+
+def _append_json(path: str, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record, default=str) + "\n")
+
+
+def _record(recipe: str, slice_name: str, args: argparse.Namespace, tried: list, best: dict | None) -> dict:
+    """A row's record as `--out`'s .jsonl holds it (what `--reread` and `saved_records` read)."""
+    return {"recipe": recipe, "slice": slice_name, "remat": args.remat, "scan_layers": args.scan_layers,
+            "microbatches": args.microbatches, "attention": args.attention, "tried": tried, "best": best}
 
 
 def saved_records(path: str) -> list[dict]:
@@ -218,14 +234,16 @@ def main() -> None:
     rows = ([r.rsplit("/", 1) for r in args.rows.split(",")] if args.rows
             else [(r, s) for r in RECIPES for s in SLICES])
     for recipe, slice_name in rows:
+        def keep(attempt: tuple, report: dict) -> None:
+            _append_json(args.out + ".compiles.jsonl",
+                         _record(recipe, slice_name, args, [attempt], report if report["fits"] else None))
+
         best, tried = search(recipe, slice_name, args.max_tries, args.batch, args.remat, args.scan_layers,
-                             args.microbatches, args.attention, args.hlo_dir)
+                             args.microbatches, args.attention, args.hlo_dir, keep if args.out else None)
         line = row(recipe, slice_name, best, tried, args.remat, args.scan_layers, args.microbatches,
                    args.attention)
         print(line, flush=True)
-        _append(args.out, line, {"recipe": recipe, "slice": slice_name, "remat": args.remat,
-                                 "scan_layers": args.scan_layers, "microbatches": args.microbatches,
-                                 "attention": args.attention, "tried": tried, "best": best})
+        _append(args.out, line, _record(recipe, slice_name, args, tried, best))
 
 
 if __name__ == "__main__":

@@ -709,3 +709,49 @@ def test_a_saved_step_is_counted_as_an_earlier_commit_counted_it():
     assert old[2] == today[2]
     with pytest.raises(SystemExit, match="--commit no-such-commit"):
         count_at_commit.costs_at("no-such-commit")
+
+
+def test_a_planning_search_keeps_each_compile_as_it_ends(tmp_path, monkeypatch):
+    """`experiments/tpu_plan.py --out` doubles the batch while it fits, then writes the row; each
+    compile is also written to `<out>.compiles.jsonl` when it ends, so a search stopped during a
+    later compile keeps the earlier ones, readable as rows (by `--reread` through `saved_records`)."""
+    import json
+    import sys
+
+    tpu_plan = _experiment("tpu_plan")
+    stop_at = {"batch": None}
+
+    def compile_at(recipe, slice_name, batch, mesh, remat, scan_layers, microbatches, attention, hlo_dir):
+        if batch == stop_at["batch"]:
+            raise KeyboardInterrupt
+        if batch > 1024:
+            return {"fits": False, "batch": batch, "seconds": 7.0, "needs": 2 * 2**30, "free": 2**30}
+        hlo = str(tmp_path / f"{batch}.hlo.gz")
+        return {"fits": True, "batch": batch, "seconds": 5.0, "global_batch": batch, "hlo": hlo,
+                "memory_per_device": {"peak": batch * 2**20},
+                "estimate": {"hbm_fraction": batch / 4096, "images_per_s": batch / 2, "binds": "HBM"}}
+
+    monkeypatch.setattr(tpu_plan, "plan", compile_at)
+    out = str(tmp_path / "rows.md")
+    monkeypatch.setattr(sys, "argv", ["tpu_plan.py", "--rows", "sid_lsg/sd15/v5p-8", "--out", out,
+                                      "--hlo_dir", str(tmp_path)])
+    tpu_plan.main()
+
+    def lines(path):
+        with open(path) as f:
+            return [json.loads(line) for line in f]
+
+    [row] = lines(out + ".jsonl")
+    assert row["best"]["batch"] == 1024 and [t[:2] for t in row["tried"]] == [[512, True], [1024, True], [2048, False]]
+    compiles = lines(out + ".compiles.jsonl")
+    assert [c["tried"] for c in compiles] == [[t] for t in row["tried"]]
+    assert [(c["best"] or {}).get("batch") for c in compiles] == [512, 1024, None]
+    assert "| sid_lsg/sd15 | v5p-8 | (1, 4, 1) | full | 1024 | 1.00 GiB (25%) | 512.0 | HBM |" in open(out).read()
+
+    stop_at["batch"] = 1024  # stopped during the second compile: the first is kept, no row written
+    os.remove(out + ".compiles.jsonl")
+    with pytest.raises(KeyboardInterrupt):
+        tpu_plan.main()
+    assert len(lines(out + ".jsonl")) == 1
+    [kept] = tpu_plan.saved_records(out + ".compiles.jsonl")
+    assert kept["best"]["batch"] == 512 and kept["recipe"] == "sid_lsg/sd15" and kept["slice"] == "v5p-8"
