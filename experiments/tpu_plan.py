@@ -152,6 +152,7 @@ def _append(out: str, line: str, record: dict) -> None:
 
 
 def _append_json(path: str, record: dict) -> None:
+    """Append `record` to the .jsonl at `path`, one line."""
     with open(path, "a") as f:
         f.write(json.dumps(record, default=str) + "\n")
 
@@ -164,11 +165,14 @@ def _record(recipe: str, slice_name: str, args: argparse.Namespace, tried: list,
 
 def saved_records(path: str) -> list[dict]:
     """The records of a `--out` .jsonl whose compile saved its HLO (`--hlo_dir`); the others are
-    named on stderr."""
+    named on stderr, with why: no compile fitted, or it fitted without `--hlo_dir`."""
     with open(path) as f:
         records = [json.loads(line) for line in f if line.strip()]
     for r in records:
-        if not (r["best"] or {}).get("hlo"):
+        if r["best"] is None:
+            batches = ", ".join(str(t[0]) for t in r["tried"])
+            print(f"{r['recipe']} on {r['slice']}: did not fit at {batches}, nothing to read again", file=sys.stderr)
+        elif not r["best"].get("hlo"):
             print(f"{r['recipe']} on {r['slice']}: no saved HLO, not read again (compile it with --hlo_dir)",
                   file=sys.stderr)
     return [r for r in records if (r["best"] or {}).get("hlo")]

@@ -711,7 +711,7 @@ def test_a_saved_step_is_counted_as_an_earlier_commit_counted_it():
         count_at_commit.costs_at("no-such-commit")
 
 
-def test_a_planning_search_keeps_each_compile_as_it_ends(tmp_path, monkeypatch):
+def test_a_planning_search_keeps_each_compile_as_it_ends(tmp_path, monkeypatch, capsys):
     """`experiments/tpu_plan.py --out` doubles the batch while it fits, then writes the row; each
     compile is also written to `<out>.compiles.jsonl` when it ends, so a search stopped during a
     later compile keeps the earlier ones, readable as rows (by `--reread` through `saved_records`)."""
@@ -746,7 +746,11 @@ def test_a_planning_search_keeps_each_compile_as_it_ends(tmp_path, monkeypatch):
     compiles = lines(out + ".compiles.jsonl")
     assert [c["tried"] for c in compiles] == [[t] for t in row["tried"]]
     assert [(c["best"] or {}).get("batch") for c in compiles] == [512, 1024, None]
-    assert "| sid_lsg/sd15 | v5p-8 | (1, 4, 1) | full | 1024 | 1.00 GiB (25%) | 512.0 | HBM |" in open(out).read()
+    with open(out) as f:
+        assert "| sid_lsg/sd15 | v5p-8 | (1, 4, 1) | full | 1024 | 1.00 GiB (25%) | 512.0 | HBM |" in f.read()
+    capsys.readouterr()
+    assert [r["best"]["batch"] for r in tpu_plan.saved_records(out + ".compiles.jsonl")] == [512, 1024]
+    assert "sid_lsg/sd15 on v5p-8: did not fit at 2048, nothing to read again" in capsys.readouterr().err
 
     stop_at["batch"] = 1024  # stopped during the second compile: the first is kept, no row written
     os.remove(out + ".compiles.jsonl")
