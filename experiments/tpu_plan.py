@@ -11,9 +11,10 @@ a 2-core, 24 GiB machine, with `--scan_layers`; unrolled layers need more.
 
 For each row (recipe, teacher, slice, mesh, remat policy) it compiles the full train step at the
 published recipe's global batch, then doubles the batch while it fits (or halves it until it
-does), up to `--max_tries` compiles; the largest batch that compiled is the row's. "Fits" is the
-TPU compiler's own verdict against the chip's HBM. Per-chip memory is XLA's memory analysis of
-that step, and images/s the roofline estimate of `jaxdistill.train.costs` from the chip's
+does), up to `--max_tries` compiles; the largest batch that fits is the row's. "Fits" means the
+TPU compiler accepts the step and XLA's memory analysis of it stays within the chip's HBM; a step
+the compiler accepts past the HBM is "at the edge" (as `jaxdistill info` says): not planned on, so
+the search stops doubling there. Per-chip memory is XLA's memory analysis of that step, and images/s the roofline estimate of `jaxdistill.train.costs` from the chip's
 published peak rates (not a measurement). Each row prints as soon as it is done. With
 `--hlo_dir` each fitting compile's optimised HLO is saved, and `--reread rows.md.jsonl` counts
 those rows' costs again from it in a minute, without compiling (after a change to
@@ -97,8 +98,9 @@ def plan(recipe: str, slice_name: str, batch: int, mesh, remat: str, scan_layers
 def search(recipe: str, slice_name: str, max_tries: int, batch: int = 0, remat: str = "",
            scan_layers: bool = False, microbatches: int = 1, attention: str = "xla",
            hlo_dir: str = "", on_compile=None) -> tuple[dict | None, list]:
-    """(the largest fitting compile's report or None, [(batch, fits, seconds, shortfall)] per
-    compile); `on_compile(attempt, report)` is called after each compile."""
+    """(the largest fitting compile's report or None, [(batch, fits, seconds, note)] per compile,
+    the note as `_verdict` reads it); `on_compile(attempt, report)` is called after each compile,
+    with the report of a step at the edge too."""
     mesh, default_remat = SLICES[slice_name]
     remat = remat or default_remat
     unit = mesh[0] * mesh[1] * microbatches  # the batch must be a multiple of microbatches × data × fsdp
@@ -106,15 +108,18 @@ def search(recipe: str, slice_name: str, max_tries: int, batch: int = 0, remat: 
     tried, best = [], None
     while len(tried) < max_tries and batch >= unit:
         r = plan(recipe, slice_name, batch, mesh, remat, scan_layers, microbatches, attention, hlo_dir)
-        needs = "" if r["fits"] else f"{r['needs'] / 2**30:.2f} GiB of {r['free'] / 2**30:.2f} GiB"
-        tried.append((batch, r["fits"], round(r["seconds"]), needs))
+        if not r["fits"]:
+            fits, note = False, f"{r['needs'] / 2**30:.2f} GiB of {r['free'] / 2**30:.2f} GiB"
+        else:
+            peak, fraction = r["memory_per_device"]["peak"], r["estimate"]["hbm_fraction"]
+            fits = fraction <= 1
+            note = "" if fits else f"at the edge ({peak / 2**30:.2f} GiB, {100 * fraction:.0f}% of the HBM)"
+        tried.append((batch, fits, round(r["seconds"]), note))
         if on_compile is not None:
             on_compile(tried[-1], r)
-        verdict = (f"fits, peak {r['memory_per_device']['peak'] / 2**30:.2f} GiB per chip" if r["fits"]
-                   else f"does not fit (needs {needs} free for temporaries)")
-        print(f"  {recipe} on {slice_name}, global batch {batch}: {verdict}; compiled in {tried[-1][2]} s",
+        print(f"  {recipe} on {slice_name}, global batch {batch}: {_verdict(*tried[-1])}",
               file=sys.stderr, flush=True)
-        if r["fits"]:
+        if fits:
             best = r if best is None or r["batch"] > best["batch"] else best
             if any(b > batch and not ok for b, ok, *_ in tried):
                 break
@@ -126,14 +131,21 @@ def search(recipe: str, slice_name: str, max_tries: int, batch: int = 0, remat: 
     return best, tried
 
 
+def _verdict(batch: int, fits: bool, seconds: int, note: str) -> str:
+    """One compile of a search (an entry of its `tried`) in words: "<batch> fits (<s> s)", "<batch>
+    at the edge (<GiB>, <%> of the HBM)" for a step the compiler accepts past the HBM, or "<batch>
+    needs <GiB> of <GiB> free for temporaries" for one it refuses."""
+    said = "fits" if fits else note if note.startswith("at the edge") else f"needs {note} free for temporaries"
+    return f"{batch} {said} ({seconds} s)"
+
+
 def row(recipe: str, slice_name: str, best: dict | None, tried: list, remat: str = "", scan_layers: bool = False,
         microbatches: int = 1, attention: str = "xla") -> str:
     mesh, default_remat = SLICES[slice_name]
     remat = ((remat or default_remat) + (", scanned layers" if scan_layers else "")
              + (f", {microbatches} microbatches" if microbatches > 1 else "")
              + (f", {attention} attention" if attention != "xla" else ""))
-    attempts = ", ".join(f"{b} {'fits' if ok else f'needs {need} free for temporaries'} ({s} s)"
-                         for b, ok, s, need in tried)
+    attempts = ", ".join(_verdict(*t) for t in tried)
     if best is None:
         return f"| {recipe} | {slice_name} | {mesh} | {remat} | < {min(t[0] for t in tried)} | | | | {attempts} |"
     m, e = best["memory_per_device"], best["estimate"]
@@ -170,8 +182,9 @@ def saved_records(path: str) -> list[dict]:
         records = [json.loads(line) for line in f if line.strip()]
     for r in records:
         if r["best"] is None:
-            batches = ", ".join(str(t[0]) for t in r["tried"])
-            print(f"{r['recipe']} on {r['slice']}: did not fit at {batches}, nothing to read again", file=sys.stderr)
+            compiles = ", ".join(_verdict(*t) for t in r["tried"])
+            print(f"{r['recipe']} on {r['slice']}: no compile fitted ({compiles}), nothing to read again",
+                  file=sys.stderr)
         elif not r["best"].get("hlo"):
             print(f"{r['recipe']} on {r['slice']}: no saved HLO, not read again (compile it with --hlo_dir)",
                   file=sys.stderr)
@@ -240,7 +253,7 @@ def main() -> None:
     for recipe, slice_name in rows:
         def keep(attempt: tuple, report: dict) -> None:
             _append_json(args.out + ".compiles.jsonl",
-                         _record(recipe, slice_name, args, [attempt], report if report["fits"] else None))
+                         _record(recipe, slice_name, args, [attempt], report if attempt[1] else None))
 
         best, tried = search(recipe, slice_name, args.max_tries, args.batch, args.remat, args.scan_layers,
                              args.microbatches, args.attention, args.hlo_dir, keep if args.out else None)

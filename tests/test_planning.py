@@ -750,7 +750,8 @@ def test_a_planning_search_keeps_each_compile_as_it_ends(tmp_path, monkeypatch, 
         assert "| sid_lsg/sd15 | v5p-8 | (1, 4, 1) | full | 1024 | 1.00 GiB (25%) | 512.0 | HBM |" in f.read()
     capsys.readouterr()
     assert [r["best"]["batch"] for r in tpu_plan.saved_records(out + ".compiles.jsonl")] == [512, 1024]
-    assert "sid_lsg/sd15 on v5p-8: did not fit at 2048, nothing to read again" in capsys.readouterr().err
+    assert ("sid_lsg/sd15 on v5p-8: no compile fitted (2048 needs 2.00 GiB of 1.00 GiB free for temporaries "
+            "(7 s)), nothing to read again") in capsys.readouterr().err
 
     stop_at["batch"] = 1024  # stopped during the second compile: the first is kept, no row written
     os.remove(out + ".compiles.jsonl")
@@ -759,3 +760,24 @@ def test_a_planning_search_keeps_each_compile_as_it_ends(tmp_path, monkeypatch, 
     assert len(lines(out + ".jsonl")) == 1
     [kept] = tpu_plan.saved_records(out + ".compiles.jsonl")
     assert kept["best"]["batch"] == 512 and kept["recipe"] == "sid_lsg/sd15" and kept["slice"] == "v5p-8"
+
+
+def test_a_planning_search_stops_at_a_step_the_compiler_accepts_past_the_hbm(monkeypatch):
+    """A step the TPU compiler accepts while XLA's memory analysis puts it past the chip's HBM is
+    at the edge (as `jaxdistill info` says), not planned on: the search stops doubling there and
+    the row's batch is the one below it, bounded from above, not "≥" the accepted one."""
+    tpu_plan = _experiment("tpu_plan")
+
+    def compile_at(recipe, slice_name, batch, mesh, remat, scan_layers, microbatches, attention, hlo_dir):
+        return {"fits": True, "batch": batch, "seconds": 5.0, "global_batch": batch,
+                "memory_per_device": {"peak": batch * 2**20},
+                "estimate": {"hbm_fraction": batch / 2000, "images_per_s": batch / 2, "binds": "HBM"}}
+
+    monkeypatch.setattr(tpu_plan, "plan", compile_at)
+    kept = []
+    best, tried = tpu_plan.search("sid_lsg/sd15", "v5p-8", 5, on_compile=lambda t, r: kept.append(t))
+    assert best["batch"] == 1024 and [t[:2] for t in tried] == [(512, True), (1024, True), (2048, False)]
+    assert kept == tried
+    line = tpu_plan.row("sid_lsg/sd15", "v5p-8", best, tried)
+    assert "| full | 1024 | 1.00 GiB (51%) |" in line
+    assert "2048 at the edge (2.00 GiB, 102% of the HBM) (5 s)" in line
