@@ -4,6 +4,12 @@ HBM and XLA's own cost analysis (needs the libtpu extra; a minute).
 
     python experiments/hbm_traffic.py                      # SDXL's 64x64 level, v6e-8 at (1, 8, 1), 4 per chip
     python experiments/hbm_traffic.py --topology v5e-8 --per_chip 2
+    python experiments/hbm_traffic.py --saved rows.md.jsonl     # planning steps saved by tpu_plan.py
+
+With `--saved`, the same two counts, by kernel kind, of whole train steps a planning search saved
+(`experiments/tpu_plan.py --out rows.md --hlo_dir hlo`), read from their optimised HLO in a minute
+each without compiling: how much of a step's traffic the compiler keeps in VMEM, and how that
+changes with the batch.
 
 The TPU compiler's memory-space assignment keeps many of a step's arrays in VMEM (memory space
 1, `S(1)` in the optimised HLO): results a kernel writes there and the next one reads, operands
@@ -17,7 +23,9 @@ and its result.
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +37,9 @@ from jaxdistill.models.unet import BasicTransformerBlock
 from jaxdistill.train import costs
 from jaxdistill.train import sharding as shd
 from jaxdistill.train import topology as tpu
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tpu_plan import saved_records, saved_step  # noqa: E402  this folder's planning script
 
 
 def compile_layer(mesh, module, *inputs):
@@ -55,13 +66,40 @@ def compile_kernel(mesh, fn, *inputs):
     return jax.jit(fn, in_shardings=(whole,) * len(inputs), out_shardings=whole).lower(*inputs).compile()
 
 
+def every_memory_as_hbm(hlo_text: str) -> str:
+    """The optimised HLO with every array's memory space dropped, so `costs.loop_costs` counts
+    the arrays in VMEM (`S(1)`) as HBM traffic too."""
+    return re.sub(r"S\(\d+\)", "", hlo_text)
+
+
+def saved_step_traffic(record: dict) -> list[tuple[str, float, float]]:
+    """[(kernel kind, HBM bytes per chip by jaxdistill's count, the bytes with every memory taken
+    as HBM)] of the step a planning record saved (`tpu_plan.py --hlo_dir`), kind "all" last."""
+    text, devices, _, _ = saved_step(record)
+    hbm = costs.loop_costs(text, devices)
+    every = costs.loop_costs(every_memory_as_hbm(text), devices)
+    return ([(kind, hbm.traffic_by_kind.get(kind, 0.0), e) for kind, e in every.traffic_by_kind.items()]
+            + [("all", hbm.hbm_bytes, every.hbm_bytes)])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--topology", default="v6e-8")
     p.add_argument("--per_chip", type=int, default=4, help="samples per chip")
     p.add_argument("--dim", type=int, default=640, help="channels (SDXL's 64x64 level: 640)")
     p.add_argument("--size", type=int, default=64, help="feature map height and width")
+    p.add_argument("--saved", default="", help="instead, count the steps a planning .jsonl saved (tpu_plan.py --hlo_dir)")
     args = p.parse_args()
+    if args.saved:
+        print("per chip, GB")
+        print("| step | kernel kind | HBM (jaxdistill) | every memory as HBM | in HBM |")
+        print("|---|---|---|---|---|")
+        for r in saved_records(args.saved):
+            step = f"{r['recipe']} on {r['slice']} at {r['best']['batch']}"
+            for kind, hbm, every in saved_step_traffic(r):
+                print(f"| {step} | {kind} | {hbm / 1e9:,.1f} | {every / 1e9:,.1f} | "
+                      f"{f'{100 * hbm / every:.0f}%' if every else '-'} |", flush=True)
+        return
     devices = tpu.devices(tpu.parse(args.topology))
     mesh = shd.make_mesh((1, len(devices), 1), devices)
     b, d, s = args.per_chip * len(devices), args.dim, args.size
@@ -85,7 +123,7 @@ def main() -> None:
     for label, compiled, known in rows:
         text = compiled.as_text()
         hbm = costs.loop_costs(text, len(devices)).hbm_bytes
-        every = costs.loop_costs(re.sub(r"S\(\d+\)", "", text), len(devices)).hbm_bytes
+        every = costs.loop_costs(every_memory_as_hbm(text), len(devices)).hbm_bytes
         xla = costs.step_cost(compiled, len(devices)).xla_bytes_accessed
         print(f"| {label} | {hbm / 1e9:.3f} | {every / 1e9:.3f} | {xla / 1e9:.3f} | "
               f"{'' if known is None else f'{known / 1e9:.3f}'} |")

@@ -781,3 +781,23 @@ def test_a_planning_search_stops_at_a_step_the_compiler_accepts_past_the_hbm(mon
     line = tpu_plan.row("sid_lsg/sd15", "v5p-8", best, tried)
     assert "| full | 1024 | 1.00 GiB (51%) |" in line
     assert "2048 at the edge (2.00 GiB, 102% of the HBM) (5 s)" in line
+
+
+def test_a_saved_steps_traffic_is_counted_with_and_without_vmem(tmp_path):
+    """`experiments/hbm_traffic.py --saved` reads a planning record's saved step and counts its
+    kernels' bytes twice: in HBM only (jaxdistill's count), and with every memory taken as HBM,
+    which adds what the compiler keeps in VMEM (`VMEM_HLO`: the sine's result, the prefetched
+    copy of a and the two slices joined in VMEM)."""
+    import gzip
+
+    hbm_traffic = _experiment("hbm_traffic")
+    path = str(tmp_path / "step.hlo.gz")
+    with gzip.open(path, "wt") as f:
+        f.write(VMEM_HLO)
+    record = {"best": {"hlo": path, "mesh": {"data": 1, "fsdp": 1, "tensor": 1}, "memory_per_device": {"peak": 0},
+                       "xla_flops_per_device": 0.0, "xla_bytes_accessed_per_device": 0.0}}
+    by_kind = {kind: (hbm, every) for kind, hbm, every in hbm_traffic.saved_step_traffic(record)}
+    a, b = 4096 * 4096 * 2, 8388608
+    assert by_kind["all"][0] == 3 * a + 2 * b  # as test_hbm_traffic_leaves_out_what_stays_in_vmem counts it
+    assert by_kind["other"] == (0, 2 * b)  # the join reads b's two halves and writes b, all in VMEM
+    assert all(every >= hbm for hbm, every in by_kind.values()) and by_kind["all"][1] > by_kind["all"][0] + 2 * b
