@@ -20,7 +20,9 @@ published peak rates (not a measurement). Each row prints as soon as it is done.
 those rows' costs again from it in a minute, without compiling (after a change to
 `jaxdistill.train.costs`). With `--out rows.md`, each compile is also written the moment it ends to
 `rows.md.compiles.jsonl` as a row of its own, so a search stopped (or killed for memory) during a
-later compile keeps the earlier ones; `--reread` reads that file as it reads `rows.md.jsonl`.
+later compile keeps the earlier ones; `--reread` reads that file as it reads `rows.md.jsonl`. A
+compile that does not fit keeps its report there too, under "not_fitting": the shortfall the
+compiler gave, or the whole memory analysis and estimate of a step at the edge.
 """
 
 from __future__ import annotations
@@ -252,8 +254,9 @@ def main() -> None:
             else [(r, s) for r in RECIPES for s in SLICES])
     for recipe, slice_name in rows:
         def keep(attempt: tuple, report: dict) -> None:
-            _append_json(args.out + ".compiles.jsonl",
-                         _record(recipe, slice_name, args, [attempt], report if attempt[1] else None))
+            fits = attempt[1]
+            record = _record(recipe, slice_name, args, [attempt], report if fits else None)
+            _append_json(args.out + ".compiles.jsonl", record if fits else {**record, "not_fitting": report})
 
         best, tried = search(recipe, slice_name, args.max_tries, args.batch, args.remat, args.scan_layers,
                              args.microbatches, args.attention, args.hlo_dir, keep if args.out else None)

@@ -746,6 +746,7 @@ def test_a_planning_search_keeps_each_compile_as_it_ends(tmp_path, monkeypatch, 
     compiles = lines(out + ".compiles.jsonl")
     assert [c["tried"] for c in compiles] == [[t] for t in row["tried"]]
     assert [(c["best"] or {}).get("batch") for c in compiles] == [512, 1024, None]
+    assert "not_fitting" not in compiles[0] and compiles[2]["not_fitting"]["needs"] == 2 * 2**30
     with open(out) as f:
         assert "| sid_lsg/sd15 | v5p-8 | (1, 4, 1) | full | 1024 | 1.00 GiB (25%) | 512.0 | HBM |" in f.read()
     capsys.readouterr()
