@@ -14,11 +14,11 @@ published recipe's global batch, then doubles the batch while it fits (or halves
 does), up to `--max_tries` compiles; the largest batch that fits is the row's. "Fits" means the
 TPU compiler accepts the step and XLA's memory analysis of it stays within the chip's HBM; a step
 the compiler accepts past the HBM is "at the edge" (as `jaxdistill info` says): not planned on, so
-the search stops doubling there. Per-chip memory is XLA's memory analysis of that step, and images/s the roofline estimate of `jaxdistill.train.costs` from the chip's
-published peak rates (not a measurement). Each row prints as soon as it is done. With
-`--hlo_dir` each fitting compile's optimised HLO is saved, and `--reread rows.md.jsonl` counts
-those rows' costs again from it in a minute, without compiling (after a change to
-`jaxdistill.train.costs`). With `--out rows.md`, each compile is also written the moment it ends to
+the search stops doubling there. Per-chip memory is XLA's memory analysis of that step, and
+images/s the roofline estimate of `jaxdistill.train.costs` from the chip's published peak rates
+(not a measurement). Each row prints as soon as it is done. With `--hlo_dir` the optimised HLO of
+each compile the compiler accepts is saved, and `--reread rows.md.jsonl` counts those rows' costs
+again from it in a minute, without compiling (after a change to `jaxdistill.train.costs`). With `--out rows.md`, each compile is also written the moment it ends to
 `rows.md.compiles.jsonl` as a row of its own, so a search stopped (or killed for memory) during a
 later compile keeps the earlier ones; `--reread` reads that file as it reads `rows.md.jsonl`. A
 compile that does not fit keeps its report there too, under "not_fitting": the shortfall the
@@ -234,7 +234,7 @@ def main() -> None:
     parser.add_argument("--attention", default="xla", choices=("xla", "splash"),
                         help="self-attention kernel (config.model.attention); splash pads head_dim to 128")
     parser.add_argument("--out", default="", help="also append the rows (markdown) and JSON reports here")
-    parser.add_argument("--hlo_dir", default="", help="also write each fitting step's optimised HLO here (gzip)")
+    parser.add_argument("--hlo_dir", default="", help="also write the optimised HLO of each step the compiler accepts here (gzip)")
     parser.add_argument("--reread", default="",
                         help="instead of compiling, count the rows of this .jsonl again from their saved HLO")
     args = parser.parse_args()
