@@ -18,11 +18,12 @@ the search stops doubling there. Per-chip memory is XLA's memory analysis of tha
 images/s the roofline estimate of `jaxdistill.train.costs` from the chip's published peak rates
 (not a measurement). Each row prints as soon as it is done. With `--hlo_dir` the optimised HLO of
 each compile the compiler accepts is saved, and `--reread rows.md.jsonl` counts those rows' costs
-again from it in a minute, without compiling (after a change to `jaxdistill.train.costs`). With `--out rows.md`, each compile is also written the moment it ends to
-`rows.md.compiles.jsonl` as a row of its own, so a search stopped (or killed for memory) during a
-later compile keeps the earlier ones; `--reread` reads that file as it reads `rows.md.jsonl`. A
-compile that does not fit keeps its report there too, under "not_fitting": the shortfall the
-compiler gave, or the whole memory analysis and estimate of a step at the edge.
+again from it in a minute, without compiling (after a change to `jaxdistill.train.costs`). With
+`--out rows.md`, each compile is also written the moment it ends to `rows.md.compiles.jsonl` as a
+row of its own, so a search stopped (or killed for memory) during a later compile keeps the
+earlier ones; `--reread` reads that file as it reads `rows.md.jsonl`. A compile that does not fit
+keeps its report there too, under "not_fitting": the shortfall the compiler gave, or the whole
+memory analysis and estimate of a step at the edge.
 """
 
 from __future__ import annotations
