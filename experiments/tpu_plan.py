@@ -22,8 +22,8 @@ again from it in a minute, without compiling (after a change to `jaxdistill.trai
 `--out rows.md`, each compile is also written the moment it ends to `rows.md.compiles.jsonl` as a
 row of its own, so a search stopped (or killed for memory) during a later compile keeps the
 earlier ones; `--reread` reads that file as it reads `rows.md.jsonl`. A compile that does not fit
-keeps its report there too, under "not_fitting": the shortfall the compiler gave, or the whole
-memory analysis and estimate of a step at the edge.
+keeps its report there too, under "not_fitting": the shortfall the compiler gave and its whole
+out-of-memory report, or the whole memory analysis and estimate of a step at the edge.
 """
 
 from __future__ import annotations
@@ -74,8 +74,9 @@ def planning_config(recipe_file: str, architecture: str, resolution: int, mesh, 
 
 def plan(recipe: str, slice_name: str, batch: int, mesh, remat: str, scan_layers: bool = False,
          microbatches: int = 1, attention: str = "xla", hlo_dir: str = "") -> dict:
-    """`info` of one configuration; {'fits': False, 'needs': bytes, 'free': bytes} (the compiler's
-    temporaries against a chip's free HBM) when the compiler says it does not fit. With `hlo_dir`
+    """`info` of one configuration; {'fits': False, 'needs': bytes, 'free': bytes, 'compiler_said':
+    text} (the program's HBM against what the chip leaves it, and the compiler's whole out-of-memory
+    report: its breakdown and largest allocations) when the compiler says it does not fit. With `hlo_dir`
     a fitting step's optimised HLO is written there (gzip), its path under 'hlo'."""
     from jaxdistill.commands.info import info
     from jaxdistill.train import costs
@@ -93,7 +94,7 @@ def plan(recipe: str, slice_name: str, batch: int, mesh, remat: str, scan_layers
         if short is None:
             raise
         return {"fits": False, "batch": batch, "seconds": time.perf_counter() - start,
-                "needs": short[0], "free": short[1]}
+                "needs": short[0], "free": short[1], "compiler_said": str(e.__cause__)}
     return {"fits": True, "batch": batch, "seconds": time.perf_counter() - start, **report,
             **({"hlo": hlo} if hlo else {})}
 

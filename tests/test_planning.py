@@ -711,6 +711,28 @@ def test_a_saved_step_is_counted_as_an_earlier_commit_counted_it():
         count_at_commit.costs_at("no-such-commit")
 
 
+def test_a_refused_planning_compile_keeps_the_compilers_report(monkeypatch):
+    """A compile the TPU compiler refuses for memory costs up to an hour and a half on a 2-core host:
+    `tpu_plan.plan` keeps the compiler's whole out-of-memory report (which buffers, how it counts),
+    not only the two numbers its row prints."""
+    import jaxdistill.commands.info as info_command
+
+    said = ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space hbm. Used "
+            "17.5G of 15.75G hbm. Exceeded hbm capacity by 1.75G.\n\nTotal hbm usage >= 17.75G:\n    reserved "
+            "256.00M\n    program 17.5G\n    arguments 512.0M\n")
+
+    def refused(config, **_):
+        try:
+            raise RuntimeError(said)
+        except RuntimeError as e:
+            raise RunError("the train step does not fit v5e-256") from e
+
+    monkeypatch.setattr(info_command, "info", refused)
+    r = _experiment("tpu_plan").plan("dmd2/sd15", "v5e-256", 4096, (4, 64, 1), "full")
+    assert (r["fits"], r["needs"], r["free"], r["compiler_said"]) == (
+        False, int(17.5 * 2**30), int(15.75 * 2**30), said)
+
+
 def test_a_planning_search_keeps_each_compile_as_it_ends(tmp_path, monkeypatch, capsys):
     """`experiments/tpu_plan.py --out` doubles the batch while it fits, then writes the row; each
     compile is also written to `<out>.compiles.jsonl` when it ends, so a search stopped during a
