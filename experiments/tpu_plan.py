@@ -22,8 +22,8 @@ again from it in a minute, without compiling (after a change to `jaxdistill.trai
 `--out rows.md`, each compile is also written the moment it ends to `rows.md.compiles.jsonl` as a
 row of its own, so a search stopped (or killed for memory) during a later compile keeps the
 earlier ones; `--reread` reads that file as it reads `rows.md.jsonl`. A compile that does not fit
-keeps its report there too, under "not_fitting": the shortfall the compiler gave and its whole
-out-of-memory report, or the whole memory analysis and estimate of a step at the edge.
+keeps its report there too, under "not_fitting": the shortfall the compiler gave and the whole
+text of its error, or the whole memory analysis and estimate of a step at the edge.
 """
 
 from __future__ import annotations
@@ -75,9 +75,10 @@ def planning_config(recipe_file: str, architecture: str, resolution: int, mesh, 
 def plan(recipe: str, slice_name: str, batch: int, mesh, remat: str, scan_layers: bool = False,
          microbatches: int = 1, attention: str = "xla", hlo_dir: str = "") -> dict:
     """`info` of one configuration; {'fits': False, 'needs': bytes, 'free': bytes, 'compiler_said':
-    text} (the program's HBM against what the chip leaves it, and the compiler's whole out-of-memory
-    report: its breakdown and largest allocations) when the compiler says it does not fit. With `hlo_dir`
-    a fitting step's optimised HLO is written there (gzip), its path under 'hlo'."""
+    text} when the compiler refuses it for memory: what it needs (arguments, temporaries and outputs
+    not donated; `experiments/oom_accounting.py`) against what the chip leaves a program, and the
+    whole text of its error. With `hlo_dir` a fitting step's optimised HLO is written there (gzip),
+    its path under 'hlo'."""
     from jaxdistill.commands.info import info
     from jaxdistill.train import costs
     from jaxdistill.train.program import RunError
@@ -138,8 +139,9 @@ def search(recipe: str, slice_name: str, max_tries: int, batch: int = 0, remat: 
 def _verdict(batch: int, fits: bool, seconds: int, note: str) -> str:
     """One compile of a search (an entry of its `tried`) in words: "<batch> fits (<s> s)", "<batch>
     at the edge (<GiB>, <%> of the HBM)" for a step the compiler accepts past the HBM, or "<batch>
-    needs <GiB> of <GiB> free for temporaries" for one it refuses."""
-    said = "fits" if fits else note if note.startswith("at the edge") else f"needs {note} free for temporaries"
+    needs <GiB> of <GiB>" for one it refuses (arguments, temporaries and outputs not donated, against
+    what the chip leaves a program: `experiments/oom_accounting.py`)."""
+    said = "fits" if fits else note if note.startswith("at the edge") else f"needs {note}"
     return f"{batch} {said} ({seconds} s)"
 
 

@@ -82,7 +82,8 @@ def info(config, *, topology: str = "", num_prompts: int = 1024, hlo_out: str = 
         if short is None:
             raise
         raise RunError(f"the train step does not fit {topology or 'the device'}: the compiler needs {_gib(short[0])} "
-                       f"of temporaries where a chip has {_gib(short[1])} free (mesh {dict(d.mesh.shape)}, batch "
+                       f"(arguments, temporaries and outputs not donated) where a chip leaves a program "
+                       f"{_gib(short[1])} (mesh {dict(d.mesh.shape)}, batch "
                        f"{config.train.batch_size} in {config.train.microbatches} microbatch(es), remat "
                        f"{config.model.get('remat', 'none')!r}). Accumulate the gradient over more microbatches "
                        "(--config.train.microbatches), lower --config.train.batch_size, shard the weights over more "
