@@ -42,16 +42,14 @@ def compile_row(device, size_gib: float, output: str) -> str:
     x = jax.ShapeDtypeStruct((rows, 1024), jnp.float32, sharding=SingleDeviceSharding(device))
     step = jax.jit(lambda x: program(x, output), donate_argnums=(0,) if output == "donated" else ())
     try:
-        m = step.lower(x).compile().memory_analysis()
+        m = costs.step_cost(step.lower(x).compile(), 1).memory
     except Exception as e:  # XLA raises its own runtime error types
         short = costs.hbm_shortfall(e)
         if short is None:
             raise
         return (f"| {size_gib:g} | {output} | refused | | | | | | {short[0] / GiB:.2f} of {short[1] / GiB:.2f} "
                 f"({short[0] / (rows * 1024 * 4):.2f}× the argument) |")
-    parts = (m.argument_size_in_bytes, m.temp_size_in_bytes, m.output_size_in_bytes, m.alias_size_in_bytes,
-             m.generated_code_size_in_bytes)
-    args, temps, outs, alias, code = (p / GiB for p in parts)
+    args, temps, outs, alias, code = (m[k] / GiB for k in ("argument", "temp", "output", "alias", "generated_code"))
     total = args + temps + outs - alias
     return (f"| {size_gib:g} | {output} | compiles | {args:.2f} | {temps:.2f} | {outs:.2f} | {alias:.2f} | {code:.4f} "
             f"| {total:.2f} ({total * GiB / (rows * 1024 * 4):.2f}× the argument) |")
